@@ -1,0 +1,3 @@
+"""Visual product search: CLIP embeddings + Qdrant vector search."""
+
+__version__ = "0.1.0"

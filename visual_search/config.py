@@ -1,0 +1,65 @@
+"""Settings from flags and environment, in one dataclass shared by the CLI and the app."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "ViT-B-32@laion2b_s34b_b79k"
+DEFAULT_BG_MODEL = "u2netp"
+SAMPLE_CATALOG = Path(__file__).resolve().parent.parent / "sample_catalog" / "catalog.csv"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = DEFAULT_MODEL
+    device: str | None = None
+    data_dir: Path = Path("data")
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    collection: str = "products"
+    bg_model: str = DEFAULT_BG_MODEL
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        return cls(
+            model=env.get("VS_MODEL", DEFAULT_MODEL),
+            device=env.get("VS_DEVICE") or None,
+            data_dir=Path(env.get("VS_DATA_DIR", "data")),
+            qdrant_url=env.get("QDRANT_URL") or None,
+            qdrant_api_key=env.get("QDRANT_API_KEY") or None,
+            collection=env.get("VS_COLLECTION", "products"),
+            bg_model=env.get("VS_BG_MODEL", DEFAULT_BG_MODEL),
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        base = cls.from_env()
+        return cls(
+            model=args.model or base.model,
+            device=args.device or base.device,
+            data_dir=Path(args.data_dir) if args.data_dir else base.data_dir,
+            qdrant_url=args.qdrant_url or base.qdrant_url,
+            qdrant_api_key=args.qdrant_api_key or base.qdrant_api_key,
+            collection=args.collection or base.collection,
+            bg_model=args.bg_model or base.bg_model,
+        )
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags every entry point shares; environment variables give the defaults."""
+    g = parser.add_argument_group("model and index (flags override environment variables)")
+    g.add_argument(
+        "--model",
+        help=f"encoder spec (VS_MODEL; default {DEFAULT_MODEL}); e.g. ViT-L-14@openai, "
+        "ViT-B-32@/path/weights.safetensors, local-dir:/path, timm:efficientnet_lite0@/path.pth",
+    )
+    g.add_argument("--device", help="cpu, cuda, cuda:1 (VS_DEVICE; default: CUDA when present)")
+    g.add_argument("--data-dir", help="embedded index folder (VS_DATA_DIR; default ./data)")
+    g.add_argument("--qdrant-url", help="remote Qdrant server/cluster URL (QDRANT_URL); default: embedded")
+    g.add_argument("--qdrant-api-key", help="API key for the remote Qdrant (QDRANT_API_KEY)")
+    g.add_argument("--collection", help="collection name on the remote Qdrant (VS_COLLECTION; default products)")
+    g.add_argument("--bg-model", help=f"rembg model for background removal (VS_BG_MODEL; default {DEFAULT_BG_MODEL})")

@@ -1,0 +1,410 @@
+"""The search engine: index a catalog, search by image / text / both, more-like-this, recommend.
+
+The engine owns one encoder and one vector store. It never imports Gradio (the UI calls it) and
+hands out only dataclasses, PIL images and numpy arrays.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .catalog import MAX_IMAGES_PER_PRODUCT, Catalog, CatalogImage, RowIssue, point_id, read_catalog
+from .config import Settings
+from .encoders import Encoder, create_encoder
+from .errors import ImageError, UnsupportedQueryError, VisualSearchError
+from .images import BackgroundRemoval, BackgroundRemovalUnavailable, BackgroundRemover, load_image, source_sha256
+from .store import VectorStore, open_store
+from .types import IMAGE_HASH, PRODUCT_ID, CollectionInfo, Hit, IndexPoint, ProductResult, SearchFilters
+
+INDEXED_AT = "indexed_at"
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What an indexing run did, for the CLI summary and the Catalog tab."""
+
+    products: int
+    images: int
+    embedded: int
+    unchanged: int
+    payload_updated: int
+    removed: int
+    issues: list[RowIssue]
+    seconds: float
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.products} products, {self.images} images in catalog",
+            f"{self.embedded} embedded",
+            f"{self.unchanged} unchanged",
+        ]
+        if self.payload_updated:
+            parts.append(f"{self.payload_updated} details updated")
+        if self.removed:
+            parts.append(f"{self.removed} removed")
+        parts.append(f"{len(self.issues)} problems")
+        return ", ".join(parts) + f" ({self.seconds:.1f} s)"
+
+
+@dataclass(frozen=True)
+class SearchResponse:
+    """Results plus everything the UI shows to explain them."""
+
+    results: list[ProductResult]
+    mode: str  # "image", "text", "image+text", "more-like-this", "recommend"
+    filters: SearchFilters
+    top_k: int
+    score_threshold: float | None
+    text_weight: float | None = None
+    background: BackgroundRemoval | None = None
+    notes: list[str] = field(default_factory=list)
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    model_id: str
+    device: str
+    supports_text: bool
+    store: CollectionInfo
+    products: int
+    last_indexed: str | None
+
+
+class SearchEngine:
+    """One per process: loading the model is the expensive part, searches are thread-safe."""
+
+    def __init__(self, encoder: Encoder, store: VectorStore, bg_model: str = "u2netp") -> None:
+        self.encoder = encoder
+        self.store = store
+        self.background_remover = BackgroundRemover(bg_model)
+        self._index_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SearchEngine:
+        store = open_store(settings.data_dir, settings.qdrant_url, settings.qdrant_api_key, settings.collection)
+        encoder = create_encoder(settings.model, device=settings.device)
+        return cls(encoder, store, bg_model=settings.bg_model)
+
+    # ---------------------------------------------------------------- indexing
+
+    def index_catalog(
+        self,
+        catalog: Catalog | str | Path,
+        *,
+        sync: bool = False,
+        batch_size: int = 32,
+        progress: ProgressFn | None = None,
+    ) -> IndexReport:
+        """Embed and upsert every catalog image; idempotent and resumable.
+
+        Point ids are uuid5(product, image index), so a re-run overwrites. An image whose content hash
+        and details are unchanged is skipped; changed details alone reuse the stored vector. Each batch
+        is upserted as it is embedded, so an interrupted run resumes where it stopped.
+        """
+        started = time.perf_counter()
+        if not isinstance(catalog, Catalog):
+            catalog = read_catalog(catalog)
+        with self._index_lock:
+            self.store.ensure_collection(self.encoder.dim, self.encoder.model_id, catalog.extra_columns)
+            existing = {hit.id: hit.payload for hit in self.store.scroll()}
+            issues = list(catalog.issues)
+            products = {p.product_id: p for p in catalog.products}
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+            to_embed: list[tuple[CatalogImage, str]] = []
+            payload_only: list[tuple[CatalogImage, str]] = []
+            unchanged = 0
+            for image in catalog.images:
+                try:
+                    digest = source_sha256(image.source)
+                except ImageError as exc:
+                    issues.append(RowIssue(image.row, image.product_id, str(exc)))
+                    continue
+                stored = existing.get(image.point_id)
+                if stored is None or stored.get(IMAGE_HASH) != digest:
+                    to_embed.append((image, digest))
+                elif _details(stored) != _details(self._payload(products, image, digest, now)):
+                    payload_only.append((image, digest))
+                else:
+                    unchanged += 1
+
+            if payload_only:
+                vectors = self.store.get_vectors([img.point_id for img, _ in payload_only])
+                self.store.upsert(
+                    [
+                        IndexPoint(img.point_id, vectors[img.point_id], self._payload(products, img, digest, now))
+                        for img, digest in payload_only
+                        if img.point_id in vectors
+                    ]
+                )
+
+            embedded = 0
+            total = len(to_embed)
+            if progress:
+                progress(0, total)
+            for batch, loaded in _prefetched_batches(to_embed, batch_size):
+                good: list[tuple[CatalogImage, str, Image.Image]] = []
+                for (image, digest), result in zip(batch, loaded):
+                    if isinstance(result, Exception):
+                        issues.append(RowIssue(image.row, image.product_id, str(result)))
+                    else:
+                        good.append((image, digest, result))
+                if good:
+                    vectors = self.encoder.embed_images([img for _, _, img in good], batch_size=batch_size)
+                    self.store.upsert(
+                        [
+                            IndexPoint(image.point_id, vec, self._payload(products, image, digest, now))
+                            for (image, digest, _), vec in zip(good, vectors)
+                        ]
+                    )
+                    embedded += len(good)
+                if progress:
+                    progress(min(total, embedded + (len(batch) - len(good))), total)
+
+            removed = self._sync(catalog, existing) if sync else 0
+            if embedded or removed:
+                self.store.optimize()
+        return IndexReport(
+            products=len(catalog.products),
+            images=len(catalog.images),
+            embedded=embedded,
+            unchanged=unchanged,
+            payload_updated=len(payload_only),
+            removed=removed,
+            issues=issues,
+            seconds=time.perf_counter() - started,
+        )
+
+    @staticmethod
+    def _payload(products: dict, image: CatalogImage, digest: str, now: str) -> dict[str, Any]:
+        payload = products[image.product_id].payload(image)
+        payload[IMAGE_HASH] = digest
+        payload[INDEXED_AT] = now
+        return payload
+
+    def _sync(self, catalog: Catalog, existing: dict[str, dict[str, Any]]) -> int:
+        """Delete points of products (or images) that are no longer in the catalog."""
+        wanted = {img.point_id for img in catalog.images}
+        stale = [pid for pid in existing if pid not in wanted]
+        if stale:
+            self.store.delete(stale)
+        return len(stale)
+
+    # ---------------------------------------------------------------- search
+
+    def embed_query(
+        self, image: Image.Image | None, text: str | None, text_weight: float = 0.5
+    ) -> tuple[np.ndarray, str]:
+        """One query vector: the weighted sum of the normalised image and text embeddings."""
+        text = (text or "").strip() or None
+        if image is None and text is None:
+            raise VisualSearchError("Give a photo, a text, or both to search.")
+        if text is not None and not self.encoder.supports_text:
+            raise UnsupportedQueryError(
+                f"Model {self.encoder.model_id} embeds images only, so text search is not available; "
+                "search with a photo or use a CLIP model."
+            )
+        if image is not None and text is not None:
+            weight = min(max(float(text_weight), 0.0), 1.0)
+            vec = (1.0 - weight) * self.encoder.embed_images([image])[0] + weight * self.encoder.embed_texts([text])[0]
+            return _normalise(vec), "image+text"
+        if image is not None:
+            return self.encoder.embed_images([image])[0], "image"
+        return self.encoder.embed_texts([text])[0], "text"
+
+    def search(
+        self,
+        image: Image.Image | str | Path | bytes | None = None,
+        text: str | None = None,
+        *,
+        text_weight: float = 0.5,
+        filters: SearchFilters | None = None,
+        top_k: int = 12,
+        score_threshold: float | None = None,
+        remove_background: bool = False,
+    ) -> SearchResponse:
+        """Search by photo, text, or both. Raises VisualSearchError subclasses with human messages."""
+        started = time.perf_counter()
+        filters = filters or SearchFilters()
+        notes: list[str] = []
+        background: BackgroundRemoval | None = None
+        photo = None if image is None else load_image(image)
+        if photo is not None and remove_background:
+            try:
+                background = self.background_remover.remove(photo)
+                photo = background.cleaned
+                if background.note:
+                    notes.append(background.note)
+            except BackgroundRemovalUnavailable as exc:
+                notes.append(str(exc))
+        embed_start = time.perf_counter()
+        vector, mode = self.embed_query(photo, text, text_weight)
+        embed_ms = (time.perf_counter() - embed_start) * 1000
+        search_start = time.perf_counter()
+        results = self._grouped(
+            lambda limit: self.store.search(vector, limit, filters, score_threshold), top_k, exclude=()
+        )
+        return SearchResponse(
+            results=results,
+            mode=mode,
+            filters=filters,
+            top_k=top_k,
+            score_threshold=score_threshold,
+            text_weight=text_weight if mode == "image+text" else None,
+            background=background,
+            notes=notes,
+            embed_ms=embed_ms,
+            search_ms=(time.perf_counter() - search_start) * 1000,
+            total_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def search_by_image(self, image: Image.Image | str | Path | bytes, **kwargs: Any) -> SearchResponse:
+        return self.search(image=image, **kwargs)
+
+    def search_by_text(self, text: str, **kwargs: Any) -> SearchResponse:
+        return self.search(text=text, **kwargs)
+
+    def more_like_this(
+        self,
+        product_id: str,
+        *,
+        filters: SearchFilters | None = None,
+        top_k: int = 12,
+        score_threshold: float | None = None,
+    ) -> SearchResponse:
+        """Products that look like a catalog product (all its images as positive examples)."""
+        return self.recommend([product_id], [], filters=filters, top_k=top_k, score_threshold=score_threshold)
+
+    def recommend(
+        self,
+        positive: Sequence[str],
+        negative: Sequence[str] = (),
+        *,
+        filters: SearchFilters | None = None,
+        top_k: int = 12,
+        score_threshold: float | None = None,
+    ) -> SearchResponse:
+        """Qdrant recommend: towards liked products, away from disliked ones (product ids)."""
+        started = time.perf_counter()
+        filters = filters or SearchFilters()
+        if not positive:
+            raise VisualSearchError("Like at least one product to get recommendations.")
+        pos_points = self._point_ids(positive)
+        neg_points = self._point_ids(negative)
+        results = self._grouped(
+            lambda limit: self.store.recommend(pos_points, neg_points, limit, filters, score_threshold),
+            top_k,
+            exclude=set(positive) | set(negative),
+        )
+        elapsed = (time.perf_counter() - started) * 1000
+        return SearchResponse(
+            results=results,
+            mode="more-like-this" if len(positive) == 1 and not negative else "recommend",
+            filters=filters,
+            top_k=top_k,
+            score_threshold=score_threshold,
+            search_ms=elapsed,
+            total_ms=elapsed,
+        )
+
+    def _point_ids(self, product_ids: Iterable[str]) -> list[str]:
+        candidates = [point_id(pid, i) for pid in product_ids for i in range(MAX_IMAGES_PER_PRODUCT)]
+        found = self.store.get_vectors(candidates) if candidates else {}
+        missing = [pid for pid in product_ids if point_id(pid, 0) not in found]
+        if missing:
+            raise VisualSearchError(f"Product(s) not in the index: {', '.join(missing)}")
+        return [c for c in candidates if c in found]
+
+    @staticmethod
+    def _grouped(query: Callable[[int], list[Hit]], top_k: int, exclude: Iterable[str]) -> list[ProductResult]:
+        """Best image per product, never the same product twice; widen the query until top_k products."""
+        excluded = set(exclude)
+        limit = max(top_k * 4, 16)
+        while True:
+            hits = query(limit)
+            best: dict[str, Hit] = {}
+            for hit in hits:
+                pid = str(hit.payload.get(PRODUCT_ID))
+                if pid in excluded:
+                    continue
+                if pid not in best or hit.score > best[pid].score:
+                    best[pid] = hit
+            if len(best) >= top_k or len(hits) < limit or limit >= 4096:
+                ranked = sorted(best.values(), key=lambda h: h.score, reverse=True)[:top_k]
+                return [ProductResult.from_hit(h) for h in ranked]
+            limit *= 4
+
+    # ---------------------------------------------------------------- status
+
+    def status(self) -> EngineStatus:
+        info = self.store.info()
+        last = None
+        products: set[str] = set()
+        for hit in self.store.scroll():
+            products.add(str(hit.payload.get(PRODUCT_ID)))
+            stamp = hit.payload.get(INDEXED_AT)
+            if stamp and (last is None or stamp > last):
+                last = stamp
+        return EngineStatus(
+            model_id=self.encoder.model_id,
+            device=self.encoder.device,
+            supports_text=self.encoder.supports_text,
+            store=info,
+            products=len(products),
+            last_indexed=last,
+        )
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _normalise(vec: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vec))
+    return (vec / norm).astype(np.float32) if norm > 0 else vec.astype(np.float32)
+
+
+def _details(payload: dict[str, Any]) -> dict[str, Any]:
+    """Payload minus bookkeeping, to tell whether only product details changed."""
+    return {k: v for k, v in payload.items() if k not in (INDEXED_AT,)}
+
+
+def _load(source: str) -> Image.Image | Exception:
+    try:
+        return load_image(source)
+    except ImageError as exc:
+        return exc
+
+
+def _prefetched_batches(
+    items: list[tuple[CatalogImage, str]], batch_size: int
+) -> Iterable[tuple[list[tuple[CatalogImage, str]], list[Image.Image | Exception]]]:
+    """Decode the next batch on worker threads while the current one is embedded."""
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=2) as pool:
+
+        def submit(batch: list[tuple[CatalogImage, str]]) -> list[Future]:
+            return [pool.submit(_load, image.source) for image, _ in batch]
+
+        pending = submit(batches[0])
+        for i, batch in enumerate(batches):
+            current = pending
+            if i + 1 < len(batches):
+                pending = submit(batches[i + 1])
+            yield batch, [f.result() for f in current]
+

@@ -1,0 +1,29 @@
+"""Errors with a human message. The CLI and the UI print ``str(err)`` and keep going."""
+
+
+class VisualSearchError(Exception):
+    """Base class: the message is meant for a person, not a traceback reader."""
+
+
+class ImageError(VisualSearchError):
+    """A photo could not be read, is corrupt, or is too large."""
+
+
+class ModelUnavailableError(VisualSearchError):
+    """Model weights cannot be loaded (no network, bad path, unknown name)."""
+
+
+class UnsupportedQueryError(VisualSearchError):
+    """The query cannot be answered by this model (e.g. text search on an image-only model)."""
+
+
+class StoreUnavailableError(VisualSearchError):
+    """The vector store cannot be reached or opened."""
+
+
+class ModelMismatchError(VisualSearchError):
+    """The index was built with another model; mixing embeddings would give garbage."""
+
+
+class CatalogError(VisualSearchError):
+    """The catalog file as a whole cannot be used (missing columns, unreadable file)."""
