@@ -25,6 +25,7 @@ import csv
 import hashlib
 import html
 import io
+import itertools
 import json
 import re
 import shutil
@@ -89,12 +90,14 @@ BRAND_FIXES = {"Nikkon": "Nikon"}  # typo in Vendure's products.csv
 # Saleor leaf categories under "Apparel" are folded into one category; the others are kept.
 SALEOR_CATEGORY_FOLD = {"Apparel": "Apparel"}
 
-# Demo query photos: (file name, product_id, background style, canvas size, rotation, brightness, seed)
+# Demo query photos: (file name, product_id, background, canvas size, rotation in degrees, brightness
+# factor, cut-out threshold (colour distance from the studio background; low for flat white renders
+# so white soles survive), seed). Picked for four categories and clean studio backgrounds.
 EXAMPLES = [
-    ("example_instant_camera.jpg", "vendure-instant-camera", "wood", (640, 480), 8.0, 0.88, 11),
-    ("example_cactus.jpg", "vendure-spiky-cactus", "shapes", (480, 640), -7.0, 1.08, 12),
-    ("example_sneakers.jpg", "saleor-yellow-plimsolls", "fabric", (640, 480), -9.0, 0.92, 13),
-    ("example_juice.jpg", "saleor-orange-juice", "wood_dark", (480, 640), 8.0, 1.12, 14),
+    ("example_camera.jpg", "vendure-instamatic-camera", "wood", (640, 480), 8.0, 0.88, 50.0, 11),
+    ("example_cactus.jpg", "vendure-spiky-cactus", "shapes", (480, 640), -7.0, 1.08, 50.0, 12),
+    ("example_sneakers.jpg", "saleor-yellow-plimsolls", "fabric", (640, 480), -9.0, 0.92, 20.0, 13),
+    ("example_juice.jpg", "saleor-green-juice", "wood_dark", (480, 640), 8.0, 1.12, 50.0, 14),
 ]
 
 
@@ -159,7 +162,10 @@ def extract_vendure(tgz: Path, dest: Path) -> Path:
             if m.name.startswith("package/assets/images/")
             or m.name in ("package/assets/products.csv", "package/package.json")
         ]
-        tf.extractall(dest, members=keep, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
+            tf.extractall(dest, members=keep, filter="data")
+        else:  # pragma: no cover - older interpreters without extraction filters
+            tf.extractall(dest, members=keep)
     return dest / "package"
 
 
@@ -220,7 +226,10 @@ def slug(text: str) -> str:
 
 def read_vendure(pkg: Path) -> list[Product]:
     with (pkg / "assets" / "products.csv").open(newline="", encoding="utf-8") as f:
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in csv.DictReader(f, skipinitialspace=True)]
+        rows = [
+            {(k or "").strip(): (v or "").strip() for k, v in r.items()}
+            for r in csv.DictReader(f, skipinitialspace=True)
+        ]
     products: list[Product] = []
     prices: list[list[float]] = []
     for row in rows:
@@ -231,7 +240,7 @@ def read_vendure(pkg: Path) -> list[Product]:
             images = [pkg / "assets" / "images" / a.strip() for a in row["assets"].split("|") if a.strip()]
             products.append(
                 Product(
-                    product_id=f"vendure-{row['slug']}",
+                    product_id=f"vendure-{slug(row['slug'])}",
                     title=row["name"],
                     category=categories[0] if categories else "",
                     brand=BRAND_FIXES.get(brand, brand),
@@ -269,7 +278,9 @@ def read_saleor(root: Path) -> list[Product]:
         f = img["fields"]
         name = Path(f["image"]).name
         name = re.sub(r"_[A-Za-z0-9]{7}(\.png)$", r"\1", name)  # Django's random 7-char suffix
-        images.setdefault(f["product"], []).append((f["sort_order"], img["pk"], static / "placeholders" / name))
+        images.setdefault(f["product"], []).append(
+            (f["sort_order"], img["pk"], static / "placeholders" / name)
+        )
     variant_prices: dict[int, list[float]] = {}
     for v in by_model["product.productvariant"]:
         override = v["fields"]["price_override_amount"]
@@ -281,11 +292,13 @@ def read_saleor(root: Path) -> list[Product]:
         f = obj["fields"]
         if f.get("currency", "USD") != "USD":
             raise ValueError(f"unexpected currency {f['currency']} for {f['slug']}")
-        text = draftjs_text(f.get("description_json")) or f.get("description") or f.get("seo_description") or ""
+        text = (
+            draftjs_text(f.get("description_json")) or f.get("description") or f.get("seo_description") or ""
+        )
         base = float(f["price_amount"])
         products.append(
             Product(
-                product_id=f"saleor-{f['slug']}",
+                product_id=f"saleor-{slug(f['slug'])}",
                 title=f["name"].strip(),
                 category=category_name(f["category"]),
                 brand="",
@@ -368,7 +381,10 @@ def build_images(products: list[Product], images_dir: Path, drops: list[str]) ->
             drops.append(f"`{p.product_id}` (product): no image of its own left, dropped")
             continue
         for i, im in enumerate(views, start=1):
-            name = f"{p.product_id}.jpg" if i == 1 else f"{p.product_id}-{i}.jpg"
+            # ids are [a-z0-9-] slugs, so "_2" can never collide with another product's file
+            name = f"{p.product_id}.jpg" if i == 1 else f"{p.product_id}_{i}.jpg"
+            if (images_dir / name).exists():
+                raise RuntimeError(f"image file name collision: {name}")
             (images_dir / name).write_bytes(jpeg_bytes(im))
             p.images.append(f"images/{name}")
         kept.append(p)
@@ -388,18 +404,22 @@ def background(style: str, size: tuple[int, int], rng: np.random.Generator) -> I
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if style in ("wood", "wood_dark"):
-        warp = smooth_noise(rng, size, (4, 3)) * 18 + smooth_noise(rng, size, (16, 10)) * 3
-        grain = np.sin((yy / h * 22 + warp) * np.pi) * 0.5 + 0.5
-        fine = smooth_noise(rng, size, (w // 2, 6)) * 0.35
-        t = np.clip(0.55 * grain + fine + rng.normal(0, 0.03, (h, w)), 0, 1)[..., None]
         light, dark = (
-            (np.array([176, 128, 84]), np.array([112, 72, 40]))
+            (np.array([186, 138, 92]), np.array([128, 82, 46]))
             if style == "wood"
-            else (np.array([110, 74, 48]), np.array([58, 36, 22]))
+            else (np.array([118, 80, 52]), np.array([66, 40, 24]))
         )
-        arr = dark + (light - dark) * t
-        for x in np.sort(rng.choice(np.arange(60, h - 60), size=2, replace=False)):  # plank seams
-            arr[int(x) : int(x) + 2] *= 0.55
+        arr = np.zeros((h, w, 3), dtype=np.float32)
+        n_planks = 3
+        edges = np.linspace(0, h, n_planks + 1).astype(int)
+        for top, bottom in itertools.pairwise(edges):
+            ph = bottom - top
+            warp = smooth_noise(rng, (w, ph), (3, 4)) * 5.0 + smooth_noise(rng, (w, ph), (12, 6)) * 0.8
+            rings = np.sin(yy[:ph] * (0.16 + 0.04 * rng.random()) + warp * np.pi) * 0.5 + 0.5
+            fibres = smooth_noise(rng, (w, ph), (max(2, w // 50), max(2, ph // 2)))
+            t = 0.45 * rings**2 + 0.4 * fibres + 0.15 * rng.random() + rng.normal(0, 0.025, (ph, w))
+            arr[top:bottom] = dark + (light - dark) * np.clip(t, 0, 1)[..., None]
+            arr[top : top + 2] *= 0.5  # seam between planks
         return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     if style == "fabric":
         base = np.array([92, 104, 122], dtype=np.float32)
@@ -425,35 +445,64 @@ def background(style: str, size: tuple[int, int], rng: np.random.Generator) -> I
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
 
 
-def product_cutout(im: Image.Image) -> Image.Image:
-    """RGBA of the product: background made transparent when the photo's border is plain."""
+def largest_component(mask: Image.Image) -> Image.Image:
+    """Keep the biggest 255-valued connected region of a binary L mask (drops stray specks)."""
+    work = mask.copy()
+    best, best_size, label = 0, 0, 1
+    arr = np.asarray(work)
+    while (arr == 255).any() and label < 250:
+        y, x = np.unravel_index(np.argmax(arr == 255), arr.shape)
+        ImageDraw.floodfill(work, (int(x), int(y)), label)
+        arr = np.asarray(work)
+        size = int((arr == label).sum())
+        if size > best_size:
+            best, best_size = label, size
+        label += 1
+    return Image.fromarray(np.where(arr == best, 255, 0).astype(np.uint8))
+
+
+def product_cutout(im: Image.Image, threshold: float = 50.0) -> Image.Image:
+    """RGBA of the product, cut out of a plain (flat or gradient) studio background.
+
+    The background is modelled as a plane per channel fitted to the border pixels; pixels far from
+    it are product, holes are filled (anything not reachable from the border through background).
+    Busy backgrounds (the plane does not fit the border) keep the whole photo.
+    """
     arr = np.asarray(im, dtype=np.float32)
-    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-    bg = np.median(border, axis=0)
-    if np.mean(np.abs(border - bg)) > 18:  # busy background: paste the whole photo
+    h, w = arr.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    border = np.zeros((h, w), dtype=bool)
+    border[:4], border[-4:], border[:, :4], border[:, -4:] = True, True, True, True
+    design = np.stack([xx, yy, np.ones_like(xx)], axis=-1)
+    coef, *_ = np.linalg.lstsq(design[border], arr[border], rcond=None)
+    bg = design @ coef
+    residual = float(np.abs(arr[border] - bg[border]).mean())
+    if residual > 10:
         return im.convert("RGBA")
-    fg = (np.abs(arr - bg).max(axis=2) > 28).astype(np.uint8) * 255
-    mask = Image.fromarray(fg).filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.MinFilter(5))
-    # Everything not reachable from the border through background pixels is product (fills holes).
-    w, h = mask.size
-    for seed in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)):
-        if mask.getpixel(seed) == 0:
-            ImageDraw.floodfill(mask, seed, 128)
-    m = np.asarray(mask)
-    alpha = Image.fromarray(np.where(m == 128, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.2))
+    fg = (np.abs(arr - bg).max(axis=2) > threshold).astype(np.uint8) * 255
+    mask = Image.fromarray(fg).filter(ImageFilter.MaxFilter(7)).filter(ImageFilter.MinFilter(7))
+    mask = ImageOps.expand(mask, border=1, fill=0)  # a frame so one flood fill reaches all background
+    ImageDraw.floodfill(mask, (0, 0), 128)
+    solid = Image.fromarray(np.where(np.asarray(mask) == 128, 0, 255).astype(np.uint8)).crop(
+        (1, 1, w + 1, h + 1)
+    )
+    solid = largest_component(solid.filter(ImageFilter.MinFilter(5)).filter(ImageFilter.MaxFilter(5)))
+    alpha = solid.filter(ImageFilter.GaussianBlur(1.2))
     out = im.convert("RGBA")
     out.putalpha(alpha)
-    return out.crop(alpha.getbbox() or (0, 0, w, h))
+    return out.crop(solid.getbbox() or (0, 0, w, h))
 
 
 def shopper_photo(
-    src: Path, style: str, size: tuple[int, int], angle: float, brightness: float, seed: int
+    src: Path, style: str, size: tuple[int, int], angle: float, brightness: float, threshold: float, seed: int
 ) -> Image.Image:
     rng = np.random.default_rng(seed)
     canvas = background(style, size, rng).convert("RGBA")
-    obj = product_cutout(load_rgb(src))
+    obj = product_cutout(load_rgb(src), threshold)
     scale = 0.6 * min(size) / max(obj.size) * (1.0 if obj.size[0] <= obj.size[1] * 1.4 else 1.25)
-    obj = obj.resize((max(1, round(obj.size[0] * scale)), max(1, round(obj.size[1] * scale))), Image.Resampling.LANCZOS)
+    obj = obj.resize(
+        (max(1, round(obj.size[0] * scale)), max(1, round(obj.size[1] * scale))), Image.Resampling.LANCZOS
+    )
     obj = obj.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
     x = (size[0] - obj.size[0]) // 2 + int(rng.integers(-size[0] // 12, size[0] // 12 + 1))
     y = (size[1] - obj.size[1]) // 2 + int(rng.integers(-size[1] // 14, size[1] // 14 + 1))
@@ -473,15 +522,19 @@ def shopper_photo(
     return photo
 
 
-def build_examples(products: dict[str, Product], examples_dir: Path) -> list[tuple[str, str]]:
+def build_examples(
+    products: dict[str, Product], catalog_dir: Path, examples_dir: Path
+) -> list[tuple[str, str]]:
     examples_dir.mkdir(parents=True, exist_ok=True)
     for old in examples_dir.glob("example_*.jpg"):
         old.unlink()
     made = []
-    for name, pid, style, size, angle, brightness, seed in EXAMPLES:
+    for name, pid, style, size, angle, brightness, threshold, seed in EXAMPLES:
         product = products[pid]  # KeyError here means a curation change removed a demo product
-        src = HERE / product.images[0]
-        shopper_photo(src, style, size, angle, brightness, seed).save(examples_dir / name, "JPEG", quality=88)
+        src = catalog_dir / product.images[0]
+        shopper_photo(src, style, size, angle, brightness, threshold, seed).save(
+            examples_dir / name, "JPEG", quality=88
+        )
         made.append((name, pid))
     lines = [
         "# Example queries",
@@ -490,7 +543,9 @@ def build_examples(products: dict[str, Product], examples_dir: Path) -> list[tup
         "(product pasted at ~60% scale, rotated, on a textured background, brightness changed):",
         "",
     ]
-    lines += [f"- `{name}` -> `{pid}` ({products[pid].title}, {products[pid].category})" for name, pid in made]
+    lines += [
+        f"- `{name}` -> `{pid}` ({products[pid].title}, {products[pid].category})" for name, pid in made
+    ]
     (examples_dir / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return made
 
@@ -550,26 +605,29 @@ def write_attribution(
         "  The photos are Unsplash photos (file names `<photographer>-<photo number>-unsplash.jpg`), used",
         "  under the [Unsplash License](https://unsplash.com/license) (free to use, copy, modify, also",
         "  commercially, no permission needed; attribution appreciated, not required; not to be sold",
-        "  unaltered or used to build a competing photo service). Product names, descriptions and prices",
-        "  are Vendure's demo data.",
+        "  unaltered or used to build a competing photo service). Product names, descriptions, prices and",
+        f"  facets are Vendure's demo data from that package (declared `{vendure_license}`).",
         f"- **PyPI `{SALEOR_PKG}=={SALEOR_VERSION}`** wheel ({len(saleor)} products): "
         "`saleor/static/placeholders/saleordemoproduct_*.png` renders and `saleor/static/populatedb_data.json`",
         f"  (name, Draft.js description, category, USD price). Wheel metadata: `License: {saleor_license}`;",
-        "  its LICENSE file: BSD 3-Clause, Copyright (c) 2010-2019, Mirumee Software, and \"Unless stated",
+        '  its LICENSE file: BSD 3-Clause, Copyright (c) 2010-2019, Mirumee Software, and "Unless stated',
         "  otherwise, artwork included in this distribution is licensed under the Creative Commons",
-        "  Attribution 4.0 International License\" ([CC BY 4.0](https://creativecommons.org/licenses/by/4.0/)).",
+        '  Attribution 4.0 International License" ([CC BY 4.0](https://creativecommons.org/licenses/by/4.0/)).',
         "  Product renders (c) Mirumee Software / Saleor, CC BY 4.0; modified as described below.",
         "",
         "## What was changed",
         "",
         f"- Every image resized so its longest side is at most {MAX_SIDE} px (Lanczos) and re-encoded as JPEG",
         f"  quality {JPEG_QUALITY}; Saleor PNG renders with transparency flattened onto white first.",
-        "- Files renamed to `<product_id>.jpg` (extra views `<product_id>-2.jpg`, ...).",
+        "- Files renamed to `<product_id>.jpg` (extra views `<product_id>_2.jpg`, ...).",
         f"- Descriptions: HTML/markdown/Draft.js turned into plain text, capped at {DESC_MAX} characters.",
         "- Price: the lowest variant price (USD). Category: Vendure's top-level category facet; Saleor's",
-        "  leaf category, with T-shirts / Polo Shirts / Hoodies / Footwear folded into \"Apparel\".",
-        "  Brand: Vendure's brand facet (typo \"Nikkon\" corrected to \"Nikon\"); Saleor has no brand data.",
+        '  leaf category, with T-shirts / Polo Shirts / Hoodies / Footwear folded into "Apparel".',
+        '  Brand: Vendure\'s brand facet (typo "Nikkon" corrected to "Nikon"); Saleor has no brand data.',
         "- Product ids: `vendure-<slug>` / `saleor-<slug>` from the source slugs.",
+        "- Duplicate check on the resized pixels of every kept view: SHA-256 (exact) and mean absolute",
+        f"  difference of 64x64 thumbnails <= {NEAR_DUP_MAD} (near-exact). Saleor's fixture reuses some renders",
+        "  for several products; the product named on the label keeps the image, the others are dropped.",
         "- Not used at all (not product photos):",
     ]
     lines += [f"  - `{pattern}`: {why}" for pattern, why in NOT_PRODUCTS.items()]
@@ -580,7 +638,13 @@ def write_attribution(
         "(same licenses apply):",
     ]
     lines += [f"  - `{name}` from `{pid}`" for name, pid in examples]
-    lines += ["", "## Photo credits (Unsplash)", "", "| product_id | photographer | Unsplash photo no. |", "|---|---|---|"]
+    lines += [
+        "",
+        "## Photo credits (Unsplash)",
+        "",
+        "| product_id | photographer | Unsplash photo no. |",
+        "|---|---|---|",
+    ]
     for p in vendure:
         who, number = photographer(p.sources[0].name)
         lines.append(f"| {p.product_id} | {who} | {number} |")
@@ -618,8 +682,10 @@ def main(argv: list[str] | None = None) -> int:
         drops: list[str] = []
         kept = build_images(products, images_dir, drops)
         write_catalog(kept, catalog_dir / "catalog.csv")
-        examples = build_examples({p.product_id: p for p in kept}, args.examples_dir)
-        write_attribution(kept, vendure_license, saleor_license, drops, examples, catalog_dir / "ATTRIBUTION.md")
+        examples = build_examples({p.product_id: p for p in kept}, catalog_dir, args.examples_dir)
+        write_attribution(
+            kept, vendure_license, saleor_license, drops, examples, catalog_dir / "ATTRIBUTION.md"
+        )
 
     n_images = sum(len(p.images) for p in kept)
     size = sum(f.stat().st_size for f in images_dir.iterdir())
