@@ -40,7 +40,7 @@ def test_messy_csv_reports_bad_rows_with_numbers_and_keeps_the_rest(folder: Path
         "p3, images/missing.jpg, Ghost, Kitchen, Acme, 3, blue\n"
         "p4, images/c.jpg, Cheap, Kitchen, Acme, twelve, blue\n"
         "p5, , No image, Kitchen, Acme, 3, blue\n"
-        "p6, images/d.jpg|images/b.jpg, Two views, Shoes, , \"1,299.00\", green\n",
+        'p6, images/d.jpg|images/b.jpg, Two views, Shoes, , "1,299.00", green\n',
     )
     catalog = read_catalog(csv)
     assert [p.product_id for p in catalog.products] == ["p1", "p6"]

@@ -22,7 +22,13 @@ from .catalog import MAX_IMAGES_PER_PRODUCT, Catalog, CatalogImage, RowIssue, po
 from .config import Settings
 from .encoders import Encoder, create_encoder
 from .errors import ImageError, UnsupportedQueryError, VisualSearchError
-from .images import BackgroundRemoval, BackgroundRemovalUnavailable, BackgroundRemover, load_image, source_sha256
+from .images import (
+    BackgroundRemoval,
+    BackgroundRemovalUnavailable,
+    BackgroundRemover,
+    load_image,
+    source_sha256,
+)
 from .store import VectorStore, open_store
 from .types import IMAGE_HASH, PRODUCT_ID, CollectionInfo, Hit, IndexPoint, ProductResult, SearchFilters
 
@@ -95,7 +101,9 @@ class SearchEngine:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SearchEngine:
-        store = open_store(settings.data_dir, settings.qdrant_url, settings.qdrant_api_key, settings.collection)
+        store = open_store(
+            settings.data_dir, settings.qdrant_url, settings.qdrant_api_key, settings.collection
+        )
         encoder = create_encoder(settings.model, device=settings.device)
         return cls(encoder, store, bg_model=settings.bg_model)
 
@@ -146,19 +154,21 @@ class SearchEngine:
                 vectors = self.store.get_vectors([img.point_id for img, _ in payload_only])
                 self.store.upsert(
                     [
-                        IndexPoint(img.point_id, vectors[img.point_id], self._payload(products, img, digest, now))
+                        IndexPoint(
+                            img.point_id, vectors[img.point_id], self._payload(products, img, digest, now)
+                        )
                         for img, digest in payload_only
                         if img.point_id in vectors
                     ]
                 )
 
-            embedded = 0
+            embedded = done = 0
             total = len(to_embed)
             if progress:
                 progress(0, total)
             for batch, loaded in _prefetched_batches(to_embed, batch_size):
                 good: list[tuple[CatalogImage, str, Image.Image]] = []
-                for (image, digest), result in zip(batch, loaded):
+                for (image, digest), result in zip(batch, loaded, strict=True):
                     if isinstance(result, Exception):
                         issues.append(RowIssue(image.row, image.product_id, str(result)))
                     else:
@@ -168,12 +178,13 @@ class SearchEngine:
                     self.store.upsert(
                         [
                             IndexPoint(image.point_id, vec, self._payload(products, image, digest, now))
-                            for (image, digest, _), vec in zip(good, vectors)
+                            for (image, digest, _), vec in zip(good, vectors, strict=True)
                         ]
                     )
                     embedded += len(good)
+                done += len(batch)
                 if progress:
-                    progress(min(total, embedded + (len(batch) - len(good))), total)
+                    progress(done, total)
 
             removed = self._sync(catalog, existing) if sync else 0
             if embedded or removed:
@@ -220,7 +231,9 @@ class SearchEngine:
             )
         if image is not None and text is not None:
             weight = min(max(float(text_weight), 0.0), 1.0)
-            vec = (1.0 - weight) * self.encoder.embed_images([image])[0] + weight * self.encoder.embed_texts([text])[0]
+            vec = (1.0 - weight) * self.encoder.embed_images([image])[0] + weight * self.encoder.embed_texts(
+                [text]
+            )[0]
             return _normalise(vec), "image+text"
         if image is not None:
             return self.encoder.embed_images([image])[0], "image"
@@ -321,16 +334,22 @@ class SearchEngine:
             total_ms=elapsed,
         )
 
-    def _point_ids(self, product_ids: Iterable[str]) -> list[str]:
+    def _point_ids(self, product_ids: Sequence[str]) -> list[str]:
         candidates = [point_id(pid, i) for pid in product_ids for i in range(MAX_IMAGES_PER_PRODUCT)]
         found = self.store.get_vectors(candidates) if candidates else {}
-        missing = [pid for pid in product_ids if point_id(pid, 0) not in found]
+        missing = [
+            pid
+            for pid in product_ids
+            if not any(point_id(pid, i) in found for i in range(MAX_IMAGES_PER_PRODUCT))
+        ]
         if missing:
             raise VisualSearchError(f"Product(s) not in the index: {', '.join(missing)}")
         return [c for c in candidates if c in found]
 
     @staticmethod
-    def _grouped(query: Callable[[int], list[Hit]], top_k: int, exclude: Iterable[str]) -> list[ProductResult]:
+    def _grouped(
+        query: Callable[[int], list[Hit]], top_k: int, exclude: Iterable[str]
+    ) -> list[ProductResult]:
         """Best image per product, never the same product twice; widen the query until top_k products."""
         excluded = set(exclude)
         limit = max(top_k * 4, 16)
@@ -407,4 +426,3 @@ def _prefetched_batches(
             if i + 1 < len(batches):
                 pending = submit(batches[i + 1])
             yield batch, [f.result() for f in current]
-

@@ -1,0 +1,449 @@
+"""Contract tests for the vector store: the same suite runs against both backends.
+
+Edge runs in tmp_path; Remote runs on qdrant-client's in-process ``QdrantClient(":memory:")``.
+Vectors are hand-built in 16-d so every expected result is exact.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from visual_search.errors import ModelMismatchError, StoreUnavailableError
+from visual_search.store import EdgeStore, RemoteStore, VectorStore, open_store
+from visual_search.types import SearchFilters
+
+DIM = 16
+MODEL = "test-model-a"
+
+
+def pid(name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"test-store/{name}"))
+
+
+def vec(*pairs: tuple[int, float]) -> np.ndarray:
+    v = np.zeros(DIM, dtype=np.float32)
+    for i, x in pairs:
+        v[i] = x
+    return v
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+# name: (vector, category, brand, price, attrs)
+CATALOG = {
+    "p0": (vec((0, 1.0)), "shoes", "acme", 10.0, {"color": "red"}),
+    "p1": (vec((0, 0.9), (1, 0.1)), "shoes", "bolt", 20.0, {"color": "blue"}),  # not normalised on purpose
+    "p2": (vec((0, 0.7), (1, 0.3)), "bags", "acme", 30.0, {"color": "red"}),
+    "p3": (vec((1, 1.0)), "bags", "bolt", 40.0, {"color": "green"}),
+    "p4": (vec((2, 1.0)), "hats", "acme", 50.0, {"material": "wool"}),
+    "p5": (vec((3, 1.0)), "hats", "cora", np.float32(60.0), {"color": "red"}),
+    "p6": (vec((0, -1.0)), "shoes", "cora", 70.0, {"color": "blue"}),
+    "p7": (vec((1, 1.0), (2, 1.0)), "bags", "acme", float("nan"), {"color": "blue"}),  # NaN price -> None
+}
+ALL = set(CATALOG)
+
+
+def points(overrides: dict[str, dict] | None = None):
+    from visual_search.types import IndexPoint
+
+    out = []
+    for name, (v, cat, brand, price, attrs) in CATALOG.items():
+        payload = {"product_id": name, "category": cat, "brand": brand, "price": price, "attrs": dict(attrs)}
+        payload.update((overrides or {}).get(name, {}))
+        out.append(IndexPoint(id=pid(name), vector=v, payload=payload))
+    return out
+
+
+def names(hits) -> list[str]:
+    by_id = {pid(n): n for n in CATALOG}
+    return [by_id[h.id] for h in hits]
+
+
+def expected(pred: Callable[[str, str, float | None, dict], bool]) -> set[str]:
+    out = set()
+    for name, (_v, cat, brand, price, attrs) in CATALOG.items():
+        p = None if price is None or np.isnan(price) else float(price)
+        if pred(cat, brand, p, attrs):
+            out.add(name)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: a factory that opens (or re-opens) the same underlying store.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["edge", "remote"])
+def opener(request, tmp_path: Path):
+    opened: list[VectorStore] = []
+    if request.param == "edge":
+
+        def open_() -> VectorStore:
+            for s in opened:  # one process may hold the directory at a time
+                s.close()
+            store = EdgeStore(tmp_path / "edge")
+            opened.append(store)
+            return store
+
+    else:
+        client = QdrantClient(":memory:")
+
+        def open_() -> VectorStore:
+            store = RemoteStore(client=client, collection="products_test")
+            opened.append(store)
+            return store
+
+    yield open_
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(opener) -> VectorStore:
+    s = opener()
+    s.ensure_collection(DIM, MODEL, keyword_fields=("color",))
+    s.upsert(points())
+    s.optimize()
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract
+# ---------------------------------------------------------------------------------------------
+
+
+def test_search_nearest_first_with_cosine_scores(store: VectorStore):
+    hits = store.search(vec((0, 5.0)), top_k=3)
+    assert names(hits) == ["p0", "p1", "p2"]
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert hits[1].score == pytest.approx(float(unit(CATALOG["p1"][0])[0]), abs=1e-5)
+    assert hits[0].payload["category"] == "shoes"
+    assert hits[0].payload["attrs"] == {"color": "red"}
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_top_k_is_respected(store: VectorStore):
+    assert len(store.search(vec((0, 1.0)), top_k=2)) == 2
+    assert len(store.search(vec((0, 1.0)), top_k=100)) == len(CATALOG)
+    assert store.search(vec((0, 1.0)), top_k=0) == []
+
+
+def test_score_threshold(store: VectorStore):
+    hits = store.search(vec((0, 1.0)), top_k=10, score_threshold=0.95)
+    assert set(names(hits)) == {"p0", "p1"}
+    assert all(h.score >= 0.95 for h in hits)
+
+
+FILTER_CASES = {
+    "category": (SearchFilters(categories=("shoes",)), lambda c, b, p, a: c == "shoes"),
+    "categories any-of": (
+        SearchFilters(categories=("shoes", "hats")),
+        lambda c, b, p, a: c in ("shoes", "hats"),
+    ),
+    "brand": (SearchFilters(brands=("acme",)), lambda c, b, p, a: b == "acme"),
+    "min price": (SearchFilters(min_price=30), lambda c, b, p, a: p is not None and p >= 30),
+    "max price": (SearchFilters(max_price=30), lambda c, b, p, a: p is not None and p <= 30),
+    "price range": (
+        SearchFilters(min_price=20, max_price=50),
+        lambda c, b, p, a: p is not None and 20 <= p <= 50,
+    ),
+    "attrs any-of": (
+        SearchFilters(attributes={"color": ("red", "green")}),
+        lambda c, b, p, a: a.get("color") in ("red", "green"),
+    ),
+    "category and brand": (
+        SearchFilters(categories=("bags",), brands=("acme",)),
+        lambda c, b, p, a: c == "bags" and b == "acme",
+    ),
+    "all together": (
+        SearchFilters(
+            categories=("shoes", "bags"),
+            brands=("acme", "bolt"),
+            max_price=35,
+            attributes={"color": ("red",)},
+        ),
+        lambda c, b, p, a: (
+            c in ("shoes", "bags")
+            and b in ("acme", "bolt")
+            and p is not None
+            and p <= 35
+            and a.get("color") == "red"
+        ),
+    ),
+    "empty filter": (SearchFilters(), lambda c, b, p, a: True),
+}
+
+
+@pytest.mark.parametrize("case", list(FILTER_CASES))
+def test_filters_give_exactly_the_expected_subset(store: VectorStore, case: str):
+    filters, pred = FILTER_CASES[case]
+    want = expected(pred)
+    assert want, "test data should match something"
+    got = set(names(store.search(vec((0, 1.0)), top_k=100, filters=filters)))
+    assert got == want
+    assert store.count(filters) == len(want)
+
+
+def test_spot_check_expected_subsets():
+    # Guard the predicate helper itself with literal answers.
+    assert expected(FILTER_CASES["price range"][1]) == {"p1", "p2", "p3", "p4"}
+    assert expected(FILTER_CASES["attrs any-of"][1]) == {"p0", "p2", "p3", "p5"}
+    assert expected(FILTER_CASES["all together"][1]) == {"p0", "p2"}
+
+
+def test_filter_with_no_match_and_unknown_attribute(store: VectorStore):
+    assert store.search(vec((0, 1.0)), top_k=10, filters=SearchFilters(categories=("nope",))) == []
+    assert store.count(SearchFilters(attributes={"size": ("XL",)})) == 0
+    assert store.count(SearchFilters(attributes={"material": ("wool",)})) == 1  # not indexed, still filters
+
+
+def test_reupsert_same_ids_does_not_duplicate(store: VectorStore):
+    store.upsert(points({"p0": {"price": 11.0}}))
+    assert store.count() == len(CATALOG)
+    p0 = next(h for h in store.scroll() if h.id == pid("p0"))
+    assert p0.payload["price"] == 11.0
+
+
+def test_delete(store: VectorStore):
+    store.delete([pid("p6"), pid("p7"), pid("never-stored")])
+    assert store.count() == len(CATALOG) - 2
+    assert set(names(store.search(vec((0, -1.0)), top_k=100))) == ALL - {"p6", "p7"}
+    store.delete([])
+
+
+def test_scroll_returns_every_payload(store: VectorStore):
+    hits = list(store.scroll())
+    assert set(names(hits)) == ALL
+    by_name = dict(zip(names(hits), hits, strict=True))
+    assert by_name["p3"].payload == {
+        "product_id": "p3",
+        "category": "bags",
+        "brand": "bolt",
+        "price": 40.0,
+        "attrs": {"color": "green"},
+    }
+    assert by_name["p5"].payload["price"] == 60.0  # numpy scalar stored as a plain number
+    assert by_name["p7"].payload["price"] is None  # NaN stored as null
+    assert all(h.score == 0.0 for h in hits)
+
+
+def test_get_vectors_round_trips_normalised(store: VectorStore):
+    got = store.get_vectors([pid("p1"), pid("p7"), pid("never-stored")])
+    assert set(got) == {pid("p1"), pid("p7")}
+    np.testing.assert_allclose(got[pid("p1")], unit(CATALOG["p1"][0]), atol=1e-6)
+    np.testing.assert_allclose(got[pid("p7")], unit(CATALOG["p7"][0]), atol=1e-6)
+    assert got[pid("p1")].dtype == np.float32
+    assert store.get_vectors([]) == {}
+
+
+def test_facet_counts_are_exact(store: VectorStore):
+    assert store.facet("category") == {"bags": 3, "shoes": 3, "hats": 2}
+    assert store.facet("brand") == {"acme": 4, "bolt": 2, "cora": 2}
+    assert store.facet("attrs.color") == {"red": 3, "blue": 3, "green": 1}
+    assert store.facet("attrs.material") == {"wool": 1}  # no index: counted from payloads
+    assert list(store.facet("category", limit=2).values()) == [3, 3]
+
+
+def test_recommend_moves_toward_positive_and_excludes_examples(store: VectorStore):
+    pos, neg = pid("p1"), pid("p3")
+    plain = store.recommend([pos], [], top_k=10)
+    with_neg = store.recommend([pos], [neg], top_k=10)
+    for hits in (plain, with_neg):
+        assert pos not in {h.id for h in hits}
+    assert neg not in {h.id for h in with_neg}
+    assert names(with_neg)[0] == "p0"
+    # average_vector: query = mean(pos) + (mean(pos) - mean(neg)), scored by cosine
+    q = unit(2 * unit(CATALOG["p1"][0]) - unit(CATALOG["p3"][0]))
+    for h in with_neg:
+        name = names([h])[0]
+        assert h.score == pytest.approx(float(q @ unit(CATALOG[name][0])), abs=1e-5)
+    # the negative example pushes e1-heavy items down
+    score = {n: h.score for n, h in zip(names(plain), plain, strict=True)}
+    score_neg = {n: h.score for n, h in zip(names(with_neg), with_neg, strict=True)}
+    assert score_neg["p2"] < score["p2"]
+    assert score_neg["p7"] < score["p7"]
+    assert names(plain)[0] == "p0"
+
+
+def test_recommend_with_filters_threshold_and_unknown_ids(store: VectorStore):
+    hits = store.recommend([pid("p0")], [], top_k=10, filters=SearchFilters(categories=("bags",)))
+    assert set(names(hits)) == {"p2", "p3", "p7"}
+    hits = store.recommend(
+        [pid("p0"), pid("never-stored")], [pid("never-stored-2")], top_k=10, score_threshold=0.9
+    )
+    assert names(hits) == ["p1", "p2"]
+    assert store.recommend([pid("never-stored")], [pid("p0")], top_k=10) == []
+
+
+def test_model_mismatch_and_persistence(opener):
+    first = opener()
+    first.ensure_collection(DIM, MODEL, keyword_fields=("color",))
+    first.upsert(points())
+    first.optimize()
+    assert first.info().model_id == MODEL
+    again = opener()  # Edge: closes `first` and re-opens the directory
+    assert again.info().model_id == MODEL and again.info().dim == DIM
+    with pytest.raises(ModelMismatchError) as err:
+        again.ensure_collection(DIM, "other-model")
+    msg = str(err.value)
+    assert MODEL in msg and "other-model" in msg and f"--model {MODEL}" in msg and "--data-dir" in msg
+    with pytest.raises(ModelMismatchError):
+        again.ensure_collection(DIM * 2, MODEL)
+    again.ensure_collection(DIM, MODEL, keyword_fields=("color", "material"))  # same model: fine
+    assert again.count() == len(CATALOG)
+    assert names(again.search(vec((0, 1.0)), top_k=1)) == ["p0"]
+    assert again.facet("attrs.material") == {"wool": 1}
+    info = again.info()
+    assert (info.points, info.dim, info.model_id) == (len(CATALOG), DIM, MODEL)
+
+
+def test_empty_store_reads_are_empty(opener):
+    s = opener()
+    assert s.count() == 0
+    assert s.search(vec((0, 1.0)), top_k=5) == []
+    assert list(s.scroll()) == []
+    assert s.info().model_id is None
+
+
+def test_wrong_vector_dimension_is_a_clear_error(store: VectorStore):
+    with pytest.raises(ValueError, match="16"):
+        store.search(np.ones(DIM + 1, dtype=np.float32), top_k=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend-specific behaviour
+# ---------------------------------------------------------------------------------------------
+
+
+def test_edge_directory_in_use_is_unavailable(tmp_path: Path):
+    with EdgeStore(tmp_path / "s") as first:
+        first.ensure_collection(DIM, MODEL)
+        with pytest.raises(StoreUnavailableError, match="in use"):
+            EdgeStore(tmp_path / "s")
+
+
+def test_edge_corrupt_directory_is_unavailable(tmp_path: Path):
+    shard = tmp_path / "s" / "shard"
+    shard.mkdir(parents=True)
+    (shard / "edge_config.json").write_text("garbage")
+    with pytest.raises(StoreUnavailableError, match="corrupt"):
+        EdgeStore(tmp_path / "s")
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "meta.json").write_text("{not json")
+    with EdgeStore(tmp_path / "t") as s:  # meta without a shard: ignored, rewritten on create
+        s.ensure_collection(DIM, MODEL)
+    (tmp_path / "t" / "meta.json").write_text("{not json")
+    with pytest.raises(StoreUnavailableError, match="metadata"):
+        EdgeStore(tmp_path / "t")
+
+
+def test_edge_concurrent_search_and_upsert(tmp_path: Path):
+    with EdgeStore(tmp_path / "s") as s:
+        s.ensure_collection(DIM, MODEL)
+        s.upsert(points())
+        rng = np.random.default_rng(0)
+        errors: list[BaseException] = []
+
+        def reader() -> None:
+            try:
+                for _ in range(200):
+                    assert len(s.search(rng.standard_normal(DIM), top_k=3)) == 3
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        def writer() -> None:
+            from visual_search.types import IndexPoint
+
+            try:
+                for i in range(20):
+                    batch = [
+                        IndexPoint(
+                            pid(f"x{i}-{j}"), rng.standard_normal(DIM).astype(np.float32), {"category": "x"}
+                        )
+                        for j in range(25)
+                    ]
+                    s.upsert(batch)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=writer)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert s.count() == len(CATALOG) + 500
+
+
+def test_closed_edge_store_says_so(tmp_path: Path):
+    s = EdgeStore(tmp_path / "s")
+    s.ensure_collection(DIM, MODEL)
+    s.close()
+    s.close()
+    with pytest.raises(StoreUnavailableError, match="closed"):
+        s.search(vec((0, 1.0)), top_k=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_remote_unreachable_url_fails_fast_with_the_url():
+    url = f"http://127.0.0.1:{_free_port()}"
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailableError) as err:
+        RemoteStore(url, timeout=2)
+    assert time.monotonic() - start < 5
+    msg = str(err.value)
+    assert url in msg and "connection refused" in msg and "QDRANT_URL" in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # one error, no chained noise
+
+
+def test_remote_wrong_api_key_is_explained():
+    class Unauthorized(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(401)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"status":{"error":"Must provide an API key"}}')
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Unauthorized)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with warnings.catch_warnings(), pytest.raises(StoreUnavailableError, match="API key") as err:
+            warnings.simplefilter("ignore", UserWarning)  # qdrant-client: API key over plain http
+            RemoteStore(f"http://127.0.0.1:{server.server_port}", api_key="wrong", timeout=2)
+        assert "401" in str(err.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_open_store_picks_the_backend(tmp_path: Path):
+    with open_store(tmp_path, None, None) as edge:
+        assert isinstance(edge, EdgeStore) and edge.backend == "qdrant-edge"
+        edge.ensure_collection(DIM, MODEL)
+        assert edge.info().location.startswith(str(tmp_path))
+    with open_store(tmp_path, ":memory:", None, collection="c") as remote:
+        assert isinstance(remote, RemoteStore) and remote.backend == "qdrant-remote"
+    with pytest.raises(StoreUnavailableError):
+        open_store(tmp_path, f"http://127.0.0.1:{_free_port()}", None)

@@ -1,0 +1,677 @@
+"""Load and sanitize images from anywhere, and optionally cut the product out of its background.
+
+Every photo that reaches the encoder passes through :func:`load_image`, so this module is where
+untrusted input (uploads, URLs, catalog files) becomes a small, upright, 8-bit RGB image, or an
+:class:`~visual_search.errors.ImageError` with a message a person can act on. It deliberately
+imports neither gradio, torch nor qdrant: the engine, the CLI and the indexer all use it.
+
+Background removal (rembg, default model ``u2netp``) is optional: when the model file is missing
+the app says so once and searches the whole photo instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import math
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
+
+from visual_search.errors import ImageError
+
+__all__ = [
+    "EMBED_MAX_SIDE",
+    "MAX_BYTES",
+    "MAX_PIXELS",
+    "BackgroundRemoval",
+    "BackgroundRemovalUnavailable",
+    "BackgroundRemover",
+    "bytes_sha256",
+    "file_sha256",
+    "load_image",
+    "model_file_candidates",
+    "source_sha256",
+    "to_rgb",
+]
+
+MAX_PIXELS = 100_000_000
+"""Hard refusal above this many pixels: decompression bombs and absurd scans, never real products."""
+
+MAX_BYTES = 50 * 1024 * 1024
+"""Largest file, download or upload we read into memory."""
+
+EMBED_MAX_SIDE = 1024
+"""CLIP sees 224-448 px; anything bigger than this only costs memory and time."""
+
+REMBG_WORK_SIDE = 640
+"""rembg's u2netp looks at 320x320 anyway; running on a 640 px copy keeps resizing cheap."""
+
+# Pillow warns above MAX_IMAGE_PIXELS and raises above twice that. We refuse above MAX_PIXELS
+# ourselves (from the header, before decoding), so Pillow's own guard only has to catch what
+# slips past that check.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+_WHITE = (255, 255, 255)
+_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_BOMB_PIXELS_RE = re.compile(r"\((\d+) pixels\)")
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+_DOWNLOADABLE_TYPES = {"application/octet-stream", "binary/octet-stream"}
+
+ImageSource = str | os.PathLike | bytes | Image.Image
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def load_image(
+    source: ImageSource,
+    *,
+    max_side: int | None = EMBED_MAX_SIDE,
+    timeout: float = 10.0,
+    max_bytes: int = MAX_BYTES,
+) -> Image.Image:
+    """Return ``source`` as an upright RGB image whose longest side is at most ``max_side``.
+
+    ``source`` may be a file path, raw bytes (an upload), an ``http(s)://`` URL or a PIL image
+    (which is not modified). Transparent areas become white, 16-bit and float images are scaled
+    to 8 bits, EXIF orientation is applied and animations give their first frame.
+    ``max_side=None`` keeps the full resolution. Anything that cannot be used raises
+    :class:`ImageError` naming the source, never a Pillow traceback.
+    """
+    if max_side is not None and max_side < 1:
+        raise ValueError("max_side must be a positive number of pixels or None")
+    if isinstance(source, Image.Image):
+        label = "the image"
+        _check_pixels(source.size, label)
+        return _sanitize(source, label, max_side)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, label = bytes(source), "the uploaded file"
+    elif isinstance(source, str) and _URL_RE.match(source.strip()):
+        url = source.strip()
+        data, label = _download(url, timeout=timeout, max_bytes=max_bytes), _short(url)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(os.fspath(source)).expanduser()
+        data, label = _read_file(path, max_bytes), f"'{path.name}'"
+    else:
+        raise TypeError(f"load_image() takes a path, URL, bytes or PIL image, not {type(source).__name__}")
+    if not data:
+        raise ImageError(f"{_cap(label)} is empty (0 bytes), so there is no picture to read.")
+    if len(data) > max_bytes:
+        raise ImageError(f"{_cap(label)} is {_mb(len(data))}; the limit is {_mb(max_bytes)}.")
+    return _decode(data, label, max_side)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes; the indexer uses it to skip images that did not change."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bytes_sha256(data: bytes) -> str:
+    """Hex SHA-256 of in-memory bytes, equal to :func:`file_sha256` of a file holding them."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def source_sha256(
+    source: str | os.PathLike | bytes, *, timeout: float = 10.0, max_bytes: int = MAX_BYTES
+) -> str:
+    """Content hash of a catalog image source (path, http(s) URL or bytes), for skipping unchanged
+    images. URLs are downloaded (same caps as :func:`load_image`): a URL can keep its name and
+    change its picture. Raises :class:`ImageError` for missing, unreadable or oversized sources."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes_sha256(bytes(source))
+    if isinstance(source, str) and _URL_RE.match(source.strip()):
+        return bytes_sha256(_download(source.strip(), timeout=timeout, max_bytes=max_bytes))
+    path = Path(os.fspath(source)).expanduser()
+    _stat_file(path, max_bytes)
+    try:
+        return file_sha256(path)
+    except OSError as e:
+        raise ImageError(f"Image file '{path.name}' cannot be read: {e.strerror or e}.") from None
+
+
+def _stat_file(path: Path, max_bytes: int) -> None:
+    """Refuse missing paths, folders and oversized files before reading anything."""
+    label = f"'{path.name or path}'"
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageError(f"Image file {label} was not found (looked at {path}).") from None
+    except OSError as e:
+        raise ImageError(f"Image file {label} cannot be read: {e.strerror or e}.") from None
+    if path.is_dir():
+        raise ImageError(f"{label} is a folder, not an image file.")
+    if size > max_bytes:
+        raise ImageError(f"Image file {label} is {_mb(size)}; the limit is {_mb(max_bytes)}.")
+
+
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    """Read a whole image file, refusing missing paths, folders and oversized files up front."""
+    _stat_file(path, max_bytes)
+    label = f"'{path.name or path}'"
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"Image file {label} cannot be read: {e.strerror or e}.") from None
+
+
+def _download(url: str, *, timeout: float, max_bytes: int) -> bytes:
+    """Fetch an image over http(s) with a total deadline, a size cap and a content-type check.
+
+    Note: this fetches whatever URL it is given. A public deployment that accepts URLs from
+    strangers should put it behind an allow-list or an egress proxy.
+    """
+    label = _short(url)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ImageError(f"{label} is not an http(s) address; give a web link or a file instead.")
+    request = urllib.request.Request(url, headers={"User-Agent": "visual-search/0.1", "Accept": "image/*"})
+    deadline = time.monotonic() + timeout
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            ctype = resp.headers.get("Content-Type")
+            kind = resp.headers.get_content_type() if ctype else None
+            if kind is not None and not kind.startswith("image/") and kind not in _DOWNLOADABLE_TYPES:
+                raise ImageError(
+                    f"{label} is not an image: the server sent {kind}. "
+                    "Use the direct link to the picture (right-click it, 'Copy image address')."
+                )
+            length = resp.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > max_bytes:
+                raise ImageError(f"{label} is {_mb(int(length))}; the limit is {_mb(max_bytes)}.")
+            chunks, total = [], 0
+            while chunk := resp.read(1 << 16):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ImageError(f"{label} is larger than the limit of {_mb(max_bytes)}.")
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+            return b"".join(chunks)
+    except ImageError:
+        raise
+    except urllib.error.HTTPError as e:
+        raise ImageError(f"Could not download {label}: the server answered {e.code} {e.reason}.") from None
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, TimeoutError):
+            raise ImageError(f"Could not download {label}: no answer within {timeout:g} seconds.") from None
+        why = getattr(reason, "strerror", None) or str(reason)
+        raise ImageError(
+            f"Could not reach {parts.netloc} to download {label} ({why}). Check the address and the network."
+        ) from None
+    except TimeoutError:
+        raise ImageError(f"Could not download {label}: no answer within {timeout:g} seconds.") from None
+    except (OSError, ValueError) as e:
+        raise ImageError(f"Could not download {label}: {e}.") from None
+
+
+def _decode(data: bytes, label: str, max_side: int | None) -> Image.Image:
+    """Decode bytes lazily: header first (size check), then a reduced-size decode where possible."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Pillow refused before we could look (or warnings are errors here): report its count.
+        match = _BOMB_PIXELS_RE.search(str(e))
+        raise ImageError(_too_many_pixels(int(match.group(1)) if match else None, label)) from None
+    except Exception:  # noqa: BLE001 - any Pillow failure on untrusted bytes means "not an image"
+        raise ImageError(_not_an_image(data, label)) from None
+    with img:
+        _check_pixels(img.size, label)
+        if max_side is not None and img.format in ("JPEG", "MPO"):
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a 48 MP photo then costs 3 MP of work.
+            img.draft("RGB", _fit((img.width, img.height), max_side))
+        try:
+            img.load()  # animated GIF/WebP/APNG: Image.open stands on the first frame, the product shot
+        except Exception as e:  # noqa: BLE001 - truncated/corrupt data surfaces here, in any form
+            raise ImageError(
+                f"{_cap(label)} is damaged or incomplete and cannot be decoded ({_reason(e)}). "
+                "Try saving or downloading it again."
+            ) from None
+        return _sanitize(img, label, max_side)
+
+
+def _check_pixels(size: tuple[int, int], label: str) -> None:
+    """Refuse images that are too large (or have no pixels) using only their header size."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageError(f"{_cap(label)} has no pixels ({width}x{height}).")
+    if width * height > MAX_PIXELS:
+        raise ImageError(_too_many_pixels(width * height, label, size))
+
+
+def _too_many_pixels(pixels: int | None, label: str, size: tuple[int, int] | None = None) -> str:
+    limit = f"the limit is {MAX_PIXELS // 1_000_000} megapixels"
+    if pixels is None:
+        return f"{_cap(label)} is too large; {limit}. Please use a smaller photo."
+    dims = f" ({size[0]}x{size[1]})" if size else ""
+    return (
+        f"{_cap(label)} is {pixels / 1e6:.0f} megapixels{dims}; {limit}. "
+        "Please use a smaller version of the photo."
+    )
+
+
+def _not_an_image(data: bytes, label: str) -> str:
+    head = data[:32]
+    if b"ftypheic" in head or b"ftypheix" in head or b"ftypmif1" in head or b"ftyphevc" in head:
+        return (
+            f"{_cap(label)} is a HEIC/HEIF photo (the iPhone default), which this app cannot read. "
+            "Export it as JPEG or PNG, or set the camera to 'Most Compatible'."
+        )
+    if b"<svg" in data[:1024].lower():
+        return f"{_cap(label)} is an SVG drawing; use a PNG, JPEG or WebP picture instead."
+    if head.lstrip()[:1] in (b"<", b"{"):
+        return f"{_cap(label)} is a text/web page, not an image."
+    return (
+        f"{_cap(label)} is not an image this app can read (supported: JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF)."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Sanitizing: orientation, colour mode, size
+# ----------------------------------------------------------------------------------------------
+
+
+def _sanitize(img: Image.Image, label: str, max_side: int | None) -> Image.Image:
+    """Upright, RGB, at most ``max_side``; always a new image the caller owns, without metadata.
+
+    Shrinking comes first where the mode allows it, so a 100 MP PNG is never copied at full size;
+    the EXIF rotation is applied last, to the small image (rotation and ``max_side`` commute).
+    """
+    source = img
+    try:
+        orientation = _exif_orientation(img)
+        if img.mode in _HIGH_DEPTH_MODES:
+            img = _to_8bit(_shrink(img, max_side))
+        if img.mode in ("RGB", "L", "RGBA", "LA") and "transparency" not in img.info:
+            img = _shrink(img, max_side)
+        img = _shrink(to_rgb(img), max_side)
+        if orientation in _EXIF_TRANSPOSE:
+            img = img.transpose(_EXIF_TRANSPOSE[orientation])
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - exotic modes/plugins: still a human message
+        raise ImageError(
+            f"{_cap(label)} uses a picture format this app cannot convert ({_reason(e)})."
+        ) from None
+    if img is source:
+        img = img.copy()
+    # Drop EXIF/ICC/etc.: the pixels are now upright sRGB-ish, and a stale orientation tag would
+    # make the next exif_transpose (e.g. in a UI library) rotate the image a second time.
+    img.info = {}
+    return img
+
+
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1 = upright); broken EXIF blocks are ignored, not fatal."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+        return int(value) if isinstance(value, int) else 1
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block must not lose the photo
+        return 1
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any 8-bit mode to RGB, flattening transparency onto white (a product-shot backdrop).
+
+    Transparent pixels hold arbitrary colours (often black); dropping alpha naively would put
+    the product on black, which CLIP reads as a different photo.
+    """
+    if img.mode in _HIGH_DEPTH_MODES:
+        img = _to_8bit(img)
+    if img.mode == "RGB":
+        return img if "transparency" not in img.info else _flatten(img.convert("RGBA"))
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        return _flatten(img.convert("RGBA"))
+    if img.mode == "CMYK":
+        return _cmyk_to_rgb(img)
+    return img.convert("RGB")
+
+
+def _flatten(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
+    """Use the embedded ICC profile when there is one (print files); Pillow's formula otherwise."""
+    icc = img.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:  # noqa: BLE001 - a broken profile falls back to the plain conversion
+            pass
+    return img.convert("RGB")
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Scale 16-bit, 32-bit and float greyscale to 0-255 instead of clipping (which gives white)."""
+    arr = np.asarray(img).astype(np.float32)
+    arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(arr.min()), float(arr.max())
+    if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        arr = arr * 255.0
+    elif img.mode.startswith("I;16") or (lo >= 0 and hi > 255 and hi <= 65535):
+        arr = arr / 257.0
+    elif lo < 0 or hi > 65535:
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def _shrink(img: Image.Image, max_side: int | None) -> Image.Image:
+    """Downscale so the longest side is at most ``max_side`` (high-quality, never upscales)."""
+    if max_side is None or max(img.size) <= max_side:
+        return img
+    target = _fit(img.size, max_side)
+    if img.mode in ("1", "P"):
+        img = img.convert("RGBA" if "transparency" in img.info else "L" if img.mode == "1" else "RGB")
+    try:
+        return img.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    except ValueError:  # a mode Pillow cannot filter (e.g. some I;16 variants): go via 32-bit
+        return img.convert("I").resize(target, Image.Resampling.LANCZOS)
+
+
+def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    width, height = size
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+# ----------------------------------------------------------------------------------------------
+# Background removal
+# ----------------------------------------------------------------------------------------------
+
+
+class BackgroundRemovalUnavailable(ImageError):
+    """The background-removal model cannot be loaded; callers search the whole photo instead."""
+
+
+@dataclass
+class BackgroundRemoval:
+    """What background removal did to one photo, kept so the UI can show it.
+
+    ``cleaned`` is what gets embedded: the object cut out (soft edges kept), cropped to its box
+    with a margin and centred on a white square. Square matters: CLIP's preprocessing centre-crops
+    to a square, which would cut the top and bottom off a tall, tightly cropped object.
+    """
+
+    original: Image.Image  # the input, RGB
+    cleaned: Image.Image  # what is searched (the original itself when no object was found)
+    mask: Image.Image  # L, size of original, 255 = kept
+    bbox: tuple[int, int, int, int] | None  # object box in original pixels (x0, y0, x1, y1)
+    removed_fraction: float  # share of the original's pixels removed as background
+    note: str = ""  # for people, e.g. why the whole photo was searched
+    seconds: float = 0.0  # time taken, for logs and the UI's "how long did that take"
+
+    def preview(self, gap: int = 8) -> Image.Image:
+        """Side by side: left the photo with the removed part washed out over a checkerboard and
+        the object's box outlined, right what was searched (fitted into the same panel size)."""
+        width, height = self.original.size
+        canvas = Image.new("RGB", (2 * width + gap, height), (200, 200, 200))
+        if self.bbox is None:
+            left = self.original
+        else:
+            faded = Image.blend(self.original, _checkerboard(self.original.size), 0.7)
+            left = Image.composite(self.original, faded, self.mask)
+            ImageDraw.Draw(left).rectangle(_inclusive(self.bbox), outline=(255, 64, 0), width=2)
+        canvas.paste(left, (0, 0))
+        right = Image.new("RGB", (width, height), _WHITE)
+        searched = self.cleaned.resize(
+            _fit_inside(self.cleaned.size, (width, height)), Image.Resampling.LANCZOS
+        )
+        right.paste(searched, ((width - searched.width) // 2, (height - searched.height) // 2))
+        canvas.paste(right, (width + gap, 0))
+        return canvas
+
+
+class BackgroundRemover:
+    """Cuts the main object out of a photo with rembg; one model session, created on first use.
+
+    Never downloads: rembg would otherwise fetch the model from GitHub on first use and a
+    machine without internet would hang there. The session is shared by all threads (onnxruntime
+    sessions are thread-safe for inference), so only its creation is guarded by a lock.
+    """
+
+    def __init__(self, model_name: str = "u2netp", *, work_side: int = REMBG_WORK_SIDE) -> None:
+        self.model_name = model_name
+        self.work_side = work_side
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> bool:
+        """True when the model is loaded or its file is on disk (cheap: no import, no session).
+
+        A corrupt file still reads as available here; :meth:`session` is the real test.
+        """
+        if self._session is not None:
+            return True
+        if importlib.util.find_spec("rembg") is None:
+            return False
+        return any(p.is_file() for p in model_file_candidates(self.model_name))
+
+    def session(self) -> Any:
+        """The rembg session, created once; raises :class:`BackgroundRemovalUnavailable`."""
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = self._load()
+        return self._session
+
+    def _load(self) -> Any:
+        candidates = model_file_candidates(self.model_name)
+        if not any(p.is_file() for p in candidates):
+            raise BackgroundRemovalUnavailable(self._missing_message(candidates))
+        try:
+            import rembg
+            from rembg.sessions import sessions_class
+        except Exception as e:  # noqa: BLE001 - missing package or broken install: same outcome
+            raise BackgroundRemovalUnavailable(
+                f"Background removal is off: the rembg package cannot be imported ({_reason(e)}). "
+                "Install it with 'pip install rembg onnxruntime'. Search continues without background removal."
+            ) from None
+        session_cls = next((c for c in sessions_class if c.name() == self.model_name), None)
+        if session_cls is None:
+            raise BackgroundRemovalUnavailable(
+                f"Background removal is off: rembg has no model called '{self.model_name}' "
+                "(try 'u2netp'). Search continues without background removal."
+            )
+        resolve = getattr(session_cls, "resolve_existing", None)
+        if resolve is not None and resolve(f"{self.model_name}.onnx") is None:
+            # The file is somewhere we looked but not where this rembg version looks: it would download.
+            raise BackgroundRemovalUnavailable(self._missing_message(candidates))
+        try:
+            return rembg.new_session(self.model_name)
+        except Exception as e:  # noqa: BLE001 - corrupt file, onnxruntime trouble, anything
+            raise BackgroundRemovalUnavailable(
+                f"Background removal is off: the rembg model '{self.model_name}' could not be loaded "
+                f"({_reason(e)}). Replace {self.model_name}.onnx in {_home_hint()}. "
+                "Search continues without background removal."
+            ) from None
+
+    def _missing_message(self, candidates: list[Path]) -> str:
+        where = " or ".join(str(p) for p in candidates)
+        return (
+            f"Background removal is off: the rembg model '{self.model_name}' ({self.model_name}.onnx) "
+            f"is not on this machine (looked for {where}) and is not downloaded automatically. "
+            f"Put {self.model_name}.onnx in {_home_hint()}; it is picked up on the next photo. "
+            "Search continues without background removal."
+        )
+
+    def remove(self, image: Image.Image) -> BackgroundRemoval:
+        """Find the main object and return the cut-out to search with, plus what was removed.
+
+        Pass a :func:`load_image` result: the mask and the cut-out are made at the input's size.
+        """
+        session = self.session()
+        started = time.perf_counter()
+        _check_pixels(image.size, "the image")
+        original = to_rgb(image)
+        if original is image:
+            original = image.copy()
+        work = _shrink(original, self.work_side)
+        try:
+            masks = session.predict(work)
+        except Exception as e:  # noqa: BLE001 - onnxruntime failures: this photo only, not the app
+            raise ImageError(
+                f"Background removal failed on this photo ({_reason(e)}); search it without removal."
+            ) from None
+        soft = masks[0].convert("L")
+        for extra in masks[1:]:  # multi-class models (e.g. cloth segmentation): union of classes
+            soft = ImageChops.lighter(soft, extra.convert("L"))
+        if soft.size != work.size:
+            soft = soft.resize(work.size, Image.Resampling.BILINEAR)
+        result = _cut_out(original, soft)
+        result.seconds = time.perf_counter() - started
+        return result
+
+
+def model_file_candidates(model_name: str) -> list[Path]:
+    """Where rembg looks for ``<model>.onnx``: ``$U2NET_HOME/models/<model>/`` and ``$U2NET_HOME/``
+    when U2NET_HOME is set, else ``~/.rembg/models/<model>/`` (or $REMBG_HOME) and ``~/.u2net/``."""
+    fname = f"{model_name}.onnx"
+    u2net_home = os.getenv("U2NET_HOME")
+    if u2net_home:
+        home = legacy = Path(u2net_home).expanduser()
+    else:
+        xdg = os.getenv("XDG_DATA_HOME")
+        default = os.path.join(xdg, "rembg") if xdg else os.path.join("~", ".rembg")
+        home = Path(os.getenv("REMBG_HOME", default)).expanduser()
+        legacy = Path(xdg or "~", ".u2net").expanduser()
+    return [home / "models" / model_name / fname, legacy / fname]
+
+
+def _home_hint() -> str:
+    u2net_home = os.getenv("U2NET_HOME")
+    if u2net_home:
+        return f"the folder named by U2NET_HOME ({u2net_home})"
+    return f"{Path('~/.u2net').expanduser()} (or set U2NET_HOME to the folder that holds it)"
+
+
+MIN_OBJECT_FRACTION = 0.005
+"""Below this share of the photo the mask is noise (u2netp normalises every output to 0-1)."""
+
+MAX_OBJECT_FRACTION = 0.97
+"""Above this the 'object' is the whole photo and there is nothing to remove."""
+
+
+def _cut_out(original: Image.Image, soft_small: Image.Image) -> BackgroundRemoval:
+    """Turn a (small) soft mask into the searched image, box and statistics for ``original``."""
+    # Opening (erode then dilate) drops the speckles u2netp leaves on flat or noisy photos.
+    binary = soft_small.point(lambda v: 255 if v >= 128 else 0)
+    opened = binary.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
+    share = _share_on(opened)
+    if share < MIN_OBJECT_FRACTION or share > MAX_OBJECT_FRACTION:
+        note = (
+            "no clear object found; searched the whole photo"
+            if share < MIN_OBJECT_FRACTION
+            else "the object fills the photo; searched the whole photo"
+        )
+        return BackgroundRemoval(
+            original=original,
+            cleaned=original.copy(),
+            mask=Image.new("L", original.size, 255),
+            bbox=None,
+            removed_fraction=0.0,
+            note=note,
+        )
+    # Keep soft edges near the object, drop stray blobs' faint halos far from it.
+    near = opened.filter(ImageFilter.MaxFilter(7))
+    soft_small = ImageChops.multiply(soft_small, near)
+    mask = soft_small.resize(original.size, Image.Resampling.BILINEAR)
+    bbox = mask.point(lambda v: 255 if v >= 128 else 0).getbbox()
+    if bbox is None:  # the resize blurred a sliver away
+        return _cut_out(original, Image.new("L", soft_small.size, 0))
+    removed = 1.0 - _share_on(mask)
+    cutout = Image.composite(original, Image.new("RGB", original.size, _WHITE), mask)
+    cleaned = _square_on_white(cutout.crop(_with_margin(bbox, original.size)))
+    return BackgroundRemoval(original, cleaned, mask, tuple(bbox), removed)
+
+
+def _share_on(mask: Image.Image) -> float:
+    histogram = mask.histogram()
+    return sum(histogram[128:]) / max(1, mask.width * mask.height)
+
+
+def _with_margin(bbox: tuple[int, int, int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = bbox
+    margin = max(4, round(0.05 * max(x1 - x0, y1 - y0)))
+    return max(0, x0 - margin), max(0, y0 - margin), min(size[0], x1 + margin), min(size[1], y1 + margin)
+
+
+def _square_on_white(img: Image.Image) -> Image.Image:
+    side = max(img.size)
+    canvas = Image.new("RGB", (side, side), _WHITE)
+    canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return canvas
+
+
+def _checkerboard(size: tuple[int, int], cell: int = 12) -> Image.Image:
+    cols = (np.arange(size[0]) // cell) % 2
+    rows = (np.arange(size[1]) // cell) % 2
+    grey = np.where((rows[:, None] + cols[None, :]) % 2 == 1, 255, 228).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _inclusive(bbox: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = bbox
+    return x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)
+
+
+def _fit_inside(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    scale = min(box[0] / size[0], box[1] / size[1])
+    return max(1, math.floor(size[0] * scale)), max(1, math.floor(size[1] * scale))
+
+
+# ----------------------------------------------------------------------------------------------
+# Message helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _short(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _cap(label: str) -> str:
+    return label[:1].upper() + label[1:] if label[:1].islower() else label
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return _short(text.splitlines()[0], 160)
