@@ -181,7 +181,9 @@ def read_catalog(path: str | Path) -> Catalog:
         )
     clashes = [c for c in frame.columns if c in RESERVED_COLUMNS]
     if clashes:
-        raise CatalogError(f"Catalog {path.name}: rename the column(s) {', '.join(clashes)}; the indexer uses them")
+        raise CatalogError(
+            f"Catalog {path.name}: rename the column(s) {', '.join(clashes)}; the indexer uses them"
+        )
     extra = [c for c in frame.columns if c not in KNOWN_COLUMNS]
 
     issues: list[RowIssue] = []
@@ -199,7 +201,9 @@ def read_catalog(path: str | Path) -> Catalog:
         try:
             price = parse_price(record.get(PRICE))
         except ValueError:
-            issues.append(RowIssue(row, pid, f"price {_clean(record.get(PRICE))!r} is not a non-negative number"))
+            issues.append(
+                RowIssue(row, pid, f"price {_clean(record.get(PRICE))!r} is not a non-negative number")
+            )
             continue
         sources: list[str] = []
         for entry in (e.strip() for e in raw_images.split("|")):
@@ -230,15 +234,15 @@ def read_catalog(path: str | Path) -> Catalog:
             ]
             if conflicts:
                 issues.append(
-                    RowIssue(row, pid, f"duplicate product_id with different {', '.join(conflicts)}; row skipped")
+                    RowIssue(
+                        row, pid, f"duplicate product_id with different {', '.join(conflicts)}; row skipped"
+                    )
                 )
                 continue
             seen = {img.source for img in known.images}
             sources = [s for s in sources if s not in seen]
             start = len(known.images)
-            images = known.images + tuple(
-                CatalogImage(pid, start + i, s, row) for i, s in enumerate(sources)
-            )
+            images = known.images + tuple(CatalogImage(pid, start + i, s, row) for i, s in enumerate(sources))
             attributes = {**attributes, **known.attributes}
             product = Product(**{**known.__dict__, "images": images, "attributes": attributes})
         else:

@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--brand", action="append", help="repeat for any-of")
     p.add_argument("--min-price", type=float)
     p.add_argument("--max-price", type=float)
-    p.add_argument("--attr", action="append", type=_parse_attr, metavar="COLUMN=VALUE", help="other catalog column")
+    p.add_argument(
+        "--attr", action="append", type=_parse_attr, metavar="COLUMN=VALUE", help="other catalog column"
+    )
     p.add_argument("--threshold", type=float, help="minimum cosine score")
     p.add_argument("--remove-background", action="store_true", help="cut the object out of the photo first")
     p.add_argument("--json", action="store_true")
@@ -166,9 +168,7 @@ def _response_json(response: SearchResponse) -> str:
             "filters": asdict(response.filters),
             "notes": response.notes,
             "total_ms": round(response.total_ms, 1),
-            "results": [
-                {k: v for k, v in asdict(r).items() if k != "payload"} for r in response.results
-            ],
+            "results": [{k: v for k, v in asdict(r).items() if k != "payload"} for r in response.results],
         },
         indent=2,
         default=str,

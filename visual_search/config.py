@@ -61,5 +61,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", help="embedded index folder (VS_DATA_DIR; default ./data)")
     g.add_argument("--qdrant-url", help="remote Qdrant server/cluster URL (QDRANT_URL); default: embedded")
     g.add_argument("--qdrant-api-key", help="API key for the remote Qdrant (QDRANT_API_KEY)")
-    g.add_argument("--collection", help="collection name on the remote Qdrant (VS_COLLECTION; default products)")
-    g.add_argument("--bg-model", help=f"rembg model for background removal (VS_BG_MODEL; default {DEFAULT_BG_MODEL})")
+    g.add_argument(
+        "--collection", help="collection name on the remote Qdrant (VS_COLLECTION; default products)"
+    )
+    g.add_argument(
+        "--bg-model", help=f"rembg model for background removal (VS_BG_MODEL; default {DEFAULT_BG_MODEL})"
+    )
