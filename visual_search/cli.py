@@ -14,6 +14,7 @@ from dataclasses import asdict
 from .config import Settings, add_settings_arguments
 from .engine import SearchEngine, SearchResponse
 from .errors import VisualSearchError
+from .images import load_image
 from .types import SearchFilters
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -115,9 +116,10 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
 def _search(args: argparse.Namespace, settings: Settings) -> int:
     if not args.image and not (args.text or "").strip():
         raise VisualSearchError("Give --image PATH, --text TEXT, or both.")
+    photo = load_image(args.image) if args.image else None  # a bad photo fails before the model loads
     engine = SearchEngine.from_settings(settings)
     response = engine.search(
-        image=args.image,
+        image=photo,
         text=args.text,
         text_weight=args.text_weight,
         filters=filters_from_args(args),

@@ -429,6 +429,15 @@ def _open_clip_encoder(
     )
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
 @register_encoder("test")
 def _build_test(spec: str, rest: str, device: str, cache_dir: str | None) -> Encoder:
     name, weights = _split_weights(rest)
@@ -444,9 +453,14 @@ def _build_test(spec: str, rest: str, device: str, cache_dir: str | None) -> Enc
         )
     # Same seed -> identical weights in every process (index in one, search in another). fork_rng
     # restores the global CPU RNG afterwards; the model is built on the CPU, then moved.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        encoder = _open_clip_encoder(TINY_ARCH, None, spec, f"test:tiny@random-seed{TINY_SEED}", "cpu")
+    quiet = _DropMessage("No pretrained weights loaded")  # random weights are the point here
+    logging.getLogger().addFilter(quiet)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_SEED)
+            encoder = _open_clip_encoder(TINY_ARCH, None, spec, f"test:tiny@random-seed{TINY_SEED}", "cpu")
+    finally:
+        logging.getLogger().removeFilter(quiet)
     if device != "cpu":
         encoder.model.to(device)
         encoder.device = device
