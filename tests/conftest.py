@@ -30,3 +30,8 @@ def tiny_encoder():
     from visual_search.encoders import create_encoder
 
     return create_encoder("test:tiny")
+
+
+# App fixtures (tests/ui_fixtures.py): the tiny-model app in a subprocess, shared by the API and
+# browser tests.
+from ui_fixtures import artifacts_dir, ui_app  # noqa: E402, F401

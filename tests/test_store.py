@@ -414,25 +414,34 @@ def test_remote_unreachable_url_fails_fast_with_the_url():
     assert err.value.__cause__ is None and err.value.__suppress_context__  # one error, no chained noise
 
 
-def test_remote_wrong_api_key_is_explained():
-    class Unauthorized(BaseHTTPRequestHandler):
+@pytest.mark.parametrize(
+    ("status", "body", "expect"),
+    [
+        (401, b'{"status":{"error":"Must provide an API key"}}', "refused the API key (HTTP 401)"),
+        (403, b'{"status":{"error":"Forbidden"}}', "refused the API key (HTTP 403)"),
+        (404, b"<html>not found</html>", "did not answer like a Qdrant server"),
+    ],
+)
+def test_remote_auth_and_non_qdrant_servers_are_explained(status: int, body: bytes, expect: str):
+    class Fake(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
-            self.send_response(401)
+            self.send_response(status)
             self.send_header("content-type", "application/json")
             self.end_headers()
-            self.wfile.write(b'{"status":{"error":"Must provide an API key"}}')
+            self.wfile.write(body)
 
         def log_message(self, *args) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Unauthorized)
+    server = HTTPServer(("127.0.0.1", 0), Fake)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
     try:
-        with warnings.catch_warnings(), pytest.raises(StoreUnavailableError, match="API key") as err:
+        with warnings.catch_warnings(), pytest.raises(StoreUnavailableError) as err:
             warnings.simplefilter("ignore", UserWarning)  # qdrant-client: API key over plain http
-            RemoteStore(f"http://127.0.0.1:{server.server_port}", api_key="wrong", timeout=2)
-        assert "401" in str(err.value)
+            RemoteStore(url, api_key="wrong", timeout=2)
+        assert expect in str(err.value) and url in str(err.value)
     finally:
         server.shutdown()
         server.server_close()

@@ -14,6 +14,8 @@ from dataclasses import asdict
 from .config import Settings, add_settings_arguments
 from .engine import SearchEngine, SearchResponse
 from .errors import VisualSearchError
+from .evaluate import add_evaluate_parser
+from .finetune import add_finetune_parser
 from .images import load_image
 from .types import SearchFilters
 
@@ -83,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="model, device, backend and counts")
     p.add_argument("--json", action="store_true")
     add_settings_arguments(p)
+
+    add_finetune_parser(sub)  # registers COMMANDS["finetune"]
+    add_evaluate_parser(sub)  # registers COMMANDS["evaluate"]
     return parser
 
 

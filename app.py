@@ -1,0 +1,161 @@
+"""Visual product search app: ``python app.py`` (see ``--help``).
+
+Loads the model once, opens the index (embedded Qdrant in --data-dir, or --qdrant-url), indexes the
+sample catalog on first start when the index is empty, then serves the Gradio UI and API.
+Model or store problems end the program with one clear line and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from visual_search.config import SAMPLE_CATALOG, Settings, add_settings_arguments  # noqa: E402
+from visual_search.errors import VisualSearchError  # noqa: E402
+
+log = logging.getLogger("visual_search.app")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python app.py",
+        description="Visual product search: a web app to search a product catalog by photo, text or both.",
+    )
+    g = parser.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for a phone on the LAN)")
+    g.add_argument("--port", type=int, default=7860)
+    g.add_argument("--share", action="store_true", help="also open a public https://*.gradio.live link")
+    g.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (camera on phones needs HTTPS)")
+    g.add_argument("--ssl-keyfile", help="private key for --ssl-certfile")
+    g.add_argument(
+        "--concurrency", type=int, default=4, help="searches that run at the same time (others queue); default 4"
+    )
+    g.add_argument("--max-upload-mb", type=float, default=50, help="largest upload accepted, in MB (default 50)")
+    g = parser.add_argument_group("catalog and pilot")
+    g.add_argument(
+        "--catalog",
+        default=str(SAMPLE_CATALOG),
+        help="catalog indexed on first start when the index is empty (default: the shipped sample catalog)",
+    )
+    g.add_argument("--no-auto-index", action="store_true", help="do not index --catalog when the index is empty")
+    g.add_argument(
+        "--log-photos", action="store_true", help="also keep query photos in the pilot log (off: photos are never stored)"
+    )
+    g.add_argument("--currency", default="$", help="currency symbol shown with prices (default $)")
+    add_settings_arguments(parser)
+    return parser
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def ensure_indexed(engine, catalog: Path | None) -> None:
+    """Index the catalog when the store is empty; refuse an index built by another model."""
+    info = engine.store.info()
+    model_id = engine.encoder.model_id
+    if info.points and info.model_id and info.model_id != model_id:
+        raise VisualSearchError(
+            f"the index at {info.location} was built with {info.model_id}, but this app runs {model_id}. "
+            "Start with the same --model, use another --data-dir/--collection, or re-index."
+        )
+    if info.points:
+        print(f"Index: {info.points:,} images at {info.location} ({info.backend}).", flush=True)
+        return
+    if catalog is None:
+        print("Index is empty; import a catalog in the Catalog tab.", flush=True)
+        return
+    if not catalog.is_file():
+        print(f"Index is empty and {catalog} does not exist; import a catalog in the Catalog tab.", flush=True)
+        return
+    from tqdm import tqdm
+
+    print(f"First start: indexing {catalog} with {model_id} …", flush=True)
+    bar = tqdm(total=0, unit="img", desc="Indexing catalog", file=sys.stdout, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    report = engine.index_catalog(catalog, progress=progress)
+    bar.close()
+    print(f"Indexed: {report.summary()}", flush=True)
+    for issue in report.issues[:20]:
+        print(f"  skipped {issue}", flush=True)
+    if len(report.issues) > 20:
+        print(f"  … and {len(report.issues) - 20} more", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("visual_search").setLevel(logging.INFO)
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        return fail("--ssl-certfile and --ssl-keyfile go together.")
+    if args.concurrency < 1:
+        return fail("--concurrency must be at least 1.")
+    settings = Settings.from_args(args)
+
+    from visual_search.engine import SearchEngine
+
+    print(f"Loading model {settings.model} …", flush=True)
+    try:
+        engine = SearchEngine.from_settings(settings)
+    except VisualSearchError as exc:  # ModelUnavailableError, StoreUnavailableError, ...
+        return fail(str(exc))
+    try:
+        ensure_indexed(engine, None if args.no_auto_index else Path(args.catalog))
+    except VisualSearchError as exc:
+        engine.close()
+        return fail(str(exc))
+
+    from visual_search.analytics import SearchLog
+    from visual_search.ui import UIOptions, build_ui, launch_kwargs
+
+    data_dir = Path(settings.data_dir)
+    analytics_dir = data_dir / "analytics"
+    search_log = SearchLog(analytics_dir / "search_log.jsonl", store_photos=args.log_photos)
+    if args.log_photos:
+        print(f"Pilot log: query photos ARE stored under {search_log.photos_dir}", flush=True)
+    options = UIOptions(import_root=data_dir / "imports", currency=args.currency, log_photos=args.log_photos)
+    demo = build_ui(engine, search_log, options)
+    blocked = [analytics_dir]
+    location = engine.store.info().location
+    if not settings.qdrant_url and location and Path(location).exists():
+        blocked.append(Path(location))
+    kwargs = launch_kwargs(
+        engine,
+        import_root=options.import_root,
+        blocked=blocked,
+        max_file_size=int(args.max_upload_mb * 1024 * 1024),
+    )
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
+    try:
+        demo.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            ssl_certfile=args.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile,
+            ssl_verify=not args.ssl_certfile,  # self-signed certificates are the norm for a LAN pilot
+            show_error=True,
+            **kwargs,
+        )
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        return fail(f"cannot start the web server on {args.host}:{args.port} ({exc}).")
+    finally:
+        engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

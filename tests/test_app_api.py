@@ -1,0 +1,222 @@
+"""The app's Gradio API through gradio_client, its startup errors and what it serves.
+
+The app runs on the tiny random CLIP (``test:tiny``): its image-to-image scores are meaningful
+(a catalog photo finds itself first), its text scores are not, so text tests check shape and
+filters rather than relevance.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+from ui_fixtures import ROOT, XSS_TITLE, app_env
+
+ENDPOINTS = ("/search_image", "/search_text", "/search_combined", "/more_like_this", "/recommend")
+
+
+@pytest.fixture(scope="module")
+def client(ui_app) -> Client:
+    return Client(ui_app.url, verbose=False)
+
+
+def _ids(response: dict) -> list[str]:
+    return [r["product_id"] for r in response["results"]]
+
+
+def test_named_endpoints_are_public(client):
+    info = client.view_api(print_info=False, return_format="dict")
+    assert set(ENDPOINTS) <= set(info["named_endpoints"])
+    params = {p["parameter_name"] for p in info["named_endpoints"]["/search_combined"]["parameters"]}
+    assert {"image", "text", "text_weight", "top_k", "categories", "remove_background"} <= params
+    # The UI's own events are private: only the documented API is listed.
+    assert not info["unnamed_endpoints"]
+
+
+def test_search_image_finds_the_same_product_first(client, ui_app):
+    r = client.predict(image=handle_file(str(ui_app.image_of("juice-orange"))), top_k=5, api_name="/search_image")
+    assert r["mode"] == "image"
+    assert r["results"][0]["product_id"] == "juice-orange"
+    assert r["results"][0]["score"] > 0.99
+    assert [x["rank"] for x in r["results"]] == list(range(1, len(r["results"]) + 1))
+    first = r["results"][0]
+    assert {"title", "price", "category", "brand", "image_url", "score"} <= set(first)
+    assert first["price"] == 4.5 and first["category"] == "Juices"
+    assert r["latency_ms"]["total"] > 0
+    json.dumps(r)  # JSON-able end to end
+
+
+def test_search_text_with_filters(client):
+    r = client.predict(
+        text="a bottle of juice", top_k=20, categories=["Juices"], max_price=4.6, api_name="/search_text"
+    )
+    assert r["mode"] == "text"
+    assert r["filters"]["categories"] == ["Juices"]
+    assert "category: Juices" in r["filters"]["description"]
+    assert set(_ids(r)) == {"juice-orange", "juice-banana", "juice-carrot"}
+    assert all(x["price"] <= 4.6 for x in r["results"])
+
+
+def test_search_text_threshold_can_empty_the_results(client):
+    r = client.predict(text="anything", score_threshold=0.999, api_name="/search_text")
+    assert r["results"] == []
+    assert r["score_threshold"] == pytest.approx(0.999)
+
+
+def test_search_combined_and_brand_filter(client, ui_app):
+    r = client.predict(
+        image=handle_file(str(ui_app.image_of("hoodie-blue"))),
+        text="but in black",
+        text_weight=0.3,
+        top_k=5,
+        brands=["Northwind"],
+        api_name="/search_combined",
+    )
+    assert r["mode"] == "image+text"
+    assert r["text_weight"] == pytest.approx(0.3)
+    assert set(_ids(r)) <= {"hoodie-blue", "hoodie-black"}
+    assert r["results"]
+
+
+def test_search_image_with_background_removal(client, ui_app):
+    r = client.predict(
+        image=handle_file(str(ui_app.image_of("paint-red"))), top_k=3, remove_background=True, api_name="/search_image"
+    )
+    assert r["results"]
+    if ui_app.has_background_removal:
+        assert r["background_removed_fraction"] is not None
+    else:
+        assert any("Background removal is off" in n for n in r["notes"])
+
+
+def test_more_like_this_and_recommend(client):
+    r = client.predict(product_id="juice-orange", top_k=4, api_name="/more_like_this")
+    assert r["mode"] == "more-like-this"
+    assert "juice-orange" not in _ids(r) and len(r["results"]) == 4
+    r = client.predict(
+        positive_ids=["juice-orange", "juice-banana"], negative_ids=["paint-red"], top_k=5, api_name="/recommend"
+    )
+    assert r["mode"] == "recommend"
+    assert not {"juice-orange", "juice-banana", "paint-red"} & set(_ids(r))
+
+
+def test_html_in_catalog_text_comes_back_as_plain_text(client):
+    r = client.predict(product_id="juice-orange", top_k=10, categories=["Juices"], api_name="/more_like_this")
+    assert XSS_TITLE in [x["title"] for x in r["results"]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"text": "   ", "api_name": "/search_text"}, "text query is empty"),
+        ({"text": "x", "top_k": 0, "api_name": "/search_text"}, "top_k must be between 1 and 100"),
+        ({"text": "x", "min_price": 10, "max_price": 5, "api_name": "/search_text"}, r"minimum price \(10\) is above"),
+        ({"text": "x", "min_price": -1, "api_name": "/search_text"}, "cannot be negative"),
+        ({"product_id": "no-such-product", "api_name": "/more_like_this"}, "not in the index"),
+        ({"positive_ids": [], "api_name": "/recommend"}, "Like at least one product"),
+        ({"image": None, "api_name": "/search_image"}, "Send a photo"),
+    ],
+)
+def test_bad_inputs_give_human_errors(client, kwargs, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(**kwargs)
+
+
+def test_bad_photos_give_human_errors(client, ui_app, tmp_path):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 10)
+    with pytest.raises(AppError, match="not an image this app can read|damaged"):
+        client.predict(image=handle_file(str(corrupt)), api_name="/search_image")
+    # 12k x 10k pixels: a few hundred KB as PNG, but over the 100-megapixel limit.
+    bomb = tmp_path / "huge.png"
+    Image.new("L", (12_000, 10_000)).save(bomb, optimize=True)
+    with pytest.raises(AppError, match="megapixels"):
+        client.predict(image=handle_file(str(bomb)), api_name="/search_image")
+    with pytest.raises(AppError, match="text part is empty"):
+        client.predict(image=handle_file(str(ui_app.image_of("paint-red"))), text="", api_name="/search_combined")
+    with pytest.raises(AppError, match="text_weight must be between 0 and 1"):
+        client.predict(
+            image=handle_file(str(ui_app.image_of("paint-red"))), text="red", text_weight=2, api_name="/search_combined"
+        )
+
+
+def test_uploads_are_size_capped(client, tmp_path):
+    big = tmp_path / "big.jpg"  # the test app runs with --max-upload-mb 5
+    big.write_bytes(b"\xff\xd8" + b"\0" * (6 * 1024 * 1024))
+    with pytest.raises(Exception, match="(?i)size|large|413"):
+        client.predict(image=handle_file(str(big)), api_name="/search_image")
+
+
+def test_app_keeps_serving_after_errors(client):
+    with pytest.raises(AppError):
+        client.predict(text="", api_name="/search_text")
+    assert client.predict(text="paint", top_k=2, api_name="/search_text")["results"]
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_serves_catalog_images_and_assets_only(ui_app):
+    file_route = ui_app.url + "gradio_api/file="
+    assert _status(file_route + str(ui_app.image_of("juice-orange"))) == 200
+    example = next((ROOT / "assets" / "examples").glob("*.jpg"), None)
+    if example is not None:
+        assert _status(file_route + str(example)) == 200
+    for forbidden in (
+        "/etc/passwd",
+        str(ROOT / "app.py"),
+        str(ui_app.catalog),  # the CSV next to the images
+        str(ui_app.data_dir / "analytics" / "search_log.jsonl"),
+        str(ui_app.images / ".." / "catalog.csv"),
+    ):
+        assert _status(file_route + forbidden) in (403, 404), forbidden
+
+
+def test_searches_and_feedback_are_logged_without_photos(client, ui_app):
+    client.predict(image=handle_file(str(ui_app.image_of("paint-navy"))), top_k=3, api_name="/search_image")
+    log = ui_app.data_dir / "analytics" / "search_log.jsonl"
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    searches = [e for e in events if e["event"] == "search"]
+    assert searches and searches[-1]["mode"] == "image"
+    assert searches[-1]["result_ids"][0] == "paint-navy"
+    assert searches[-1]["latency_ms"] > 0
+    assert searches[-1]["photo_path"] is None
+    assert not (ui_app.data_dir / "analytics" / "photos").exists()
+
+
+def _run_app(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "--data-dir", str(tmp_path / "data"), *args],
+        cwd=tmp_path,
+        env=app_env(None),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_unavailable_model_is_one_line_and_exit_2(tmp_path):
+    done = _run_app(["--model", "test:nonexistent", "--no-auto-index"], tmp_path)
+    assert done.returncode == 2
+    assert "error:" in done.stderr and "test:nonexistent" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_unreachable_qdrant_is_one_line_and_exit_2(tmp_path):
+    done = _run_app(["--model", "test:tiny", "--qdrant-url", "http://127.0.0.1:9", "--no-auto-index"], tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "error:" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout

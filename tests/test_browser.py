@@ -1,0 +1,386 @@
+"""The app in real headless Chromium (Debian chromium + Playwright), on the tiny model.
+
+Covers the issue's 'done means': upload a photo, type a text, apply a filter, toggle background
+removal and see the preview, click a result for more-like-this, like/dislike and reset, a phone
+viewport, and the visible error and empty states. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+RESULTS = "#results .vs-results"
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.fail("Chromium is not installed: apt-get install -y chromium")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, ui_app):
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    open_app(page, ui_app.url)
+    yield page
+    context.close()
+    assert not [e for e in errors if "__xss" in e]
+
+
+def open_app(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector(RESULTS)
+    page.wait_for_selector("#photo input[type=file]", state="attached")
+
+
+def results_html(page) -> str:
+    return page.locator(RESULTS).evaluate("e => e.outerHTML")
+
+
+def wait_for_new_results(page, before: str) -> None:
+    page.wait_for_function(
+        """prev => { const e = document.querySelector('#results .vs-results');
+                     return e && e.outerHTML !== prev; }""",
+        arg=before,
+        timeout=TIMEOUT_MS,
+    )
+
+
+def run(page, action) -> None:
+    """Do something that re-renders the results panel and wait until it has."""
+    before = results_html(page)
+    action()
+    wait_for_new_results(page, before)
+
+
+def card_ids(page) -> list[str]:
+    return page.locator(f"{RESULTS} .vs-grid .vs-card").evaluate_all("cards => cards.map(c => c.dataset.pid)")
+
+
+def summary(page) -> str:
+    bar = page.locator(f"{RESULTS} .vs-summary")
+    assert bar.count() == 1, page.locator(RESULTS).inner_text()
+    return bar.inner_text()
+
+
+def upload_photo(page, path: Path) -> None:
+    page.locator("#photo input[type=file]").set_input_files(str(path))
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#photo img'); return i && i.complete && i.naturalWidth > 0; }"
+    )
+
+
+def photo_size(page) -> list[int]:
+    return page.locator("#photo img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+
+
+def search(page) -> None:
+    run(page, lambda: page.locator("#search-btn").click())
+
+
+def open_filters(page) -> None:
+    if not page.locator("#filter-category").is_visible():
+        page.locator("#filters").get_by_text("Filters & ranking").click()
+        page.locator("#filter-category").wait_for(state="visible")
+
+
+def pick_category(page, name: str) -> None:
+    open_filters(page)
+    page.locator("#filter-category input").click()
+    page.get_by_role("option", name=name).first.click()
+    page.keyboard.press("Escape")
+
+
+def set_slider(page, elem_id: str, value: float) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_timeout(200)
+
+
+def shot(page, artifacts_dir: Path, name: str) -> None:
+    page.screenshot(path=str(artifacts_dir / name), full_page=True)
+
+
+def log_events(ui_app) -> list[dict]:
+    log = ui_app.data_dir / "analytics" / "search_log.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------- tests
+
+
+def test_photo_then_photo_plus_text(page, ui_app, artifacts_dir):
+    upload_photo(page, ui_app.image_of("hoodie-blue"))
+    search(page)
+    assert summary(page).startswith("Photo search")
+    assert card_ids(page)[0] == "hoodie-blue"
+    first = page.locator(f"{RESULTS} .vs-card").first
+    assert "$30.00" in first.inner_text() and "Apparel" in first.inner_text()
+    assert first.locator(".vs-score-num").inner_text()
+    assert "ms" in page.locator(f"{RESULTS} .vs-latency").inner_text()
+    shot(page, artifacts_dir, "desktop-photo-search.png")
+
+    page.locator("#query-text textarea").fill("like this but in black")
+    search(page)
+    assert "Photo + text" in summary(page)
+    assert "like this but in black" in summary(page)
+    shot(page, artifacts_dir, "desktop-photo-plus-text.png")
+
+
+def test_text_search_with_category_filter_and_empty_state(page, ui_app, artifacts_dir):
+    page.locator("#query-text textarea").fill("fresh juice")
+    pick_category(page, "Juices (4)")
+    search(page)
+    assert "Text search" in summary(page)
+    assert "category: Juices" in summary(page)
+    chips = page.locator(f"{RESULTS} .vs-card .vs-chip").all_inner_texts()
+    assert chips and set(chips) == {"Juices"}, page.locator(RESULTS).inner_text()
+    assert set(card_ids(page)) == {"juice-orange", "juice-banana", "juice-carrot", "juice-green"}
+    # Catalog text with HTML in it is shown as text, never parsed.
+    titles = page.locator(f"{RESULTS} .vs-card .vs-title").all_inner_texts()
+    assert any('<img src=x onerror="window.__xss=1">' in t for t in titles)
+    assert page.locator(f'{RESULTS} img[src="x"]').count() == 0
+    assert page.evaluate("() => window.__xss") is None
+    shot(page, artifacts_dir, "desktop-text-filter.png")
+
+    set_slider(page, "threshold", 1)
+    search(page)
+    empty = page.locator(f"{RESULTS} .vs-noresults")
+    assert empty.is_visible()
+    assert "No product above the threshold" in empty.inner_text()
+    assert "lower the score threshold" in empty.inner_text() and "clear the filters" in empty.inner_text()
+    shot(page, artifacts_dir, "desktop-empty-state.png")
+
+
+def test_background_removal_shows_what_was_searched(page, ui_app, artifacts_dir):
+    upload_photo(page, ui_app.image_of("paint-red"))
+    page.locator("#remove-bg input").check()
+    search(page)
+    preview = page.locator("#bg-preview")
+    if ui_app.has_background_removal:
+        preview.wait_for(state="visible")
+        page.wait_for_function(
+            "() => { const i = document.querySelector('#bg-preview img'); return i && i.complete && i.naturalWidth > 0; }"
+        )
+        width, height = page.locator("#bg-preview img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+        assert width > 1.8 * height  # before | after, side by side
+    else:
+        assert "Background removal is off" in summary(page)
+    assert card_ids(page)
+    shot(page, artifacts_dir, "desktop-background-removal.png")
+
+    page.locator("#remove-bg input").uncheck()
+    search(page)
+    assert not preview.is_visible()
+
+
+def test_more_like_this_like_dislike_and_reset(page, ui_app, artifacts_dir):
+    page.locator("#query-text textarea").fill("something to drink")
+    search(page)
+    assert "juice-orange" in card_ids(page)
+
+    run(page, lambda: page.locator(f'{RESULTS} .vs-card[data-pid="juice-orange"] .vs-more').click())
+    assert "More like this" in summary(page) and "Orange Juice" in summary(page)
+    more_ids = card_ids(page)
+    assert more_ids and "juice-orange" not in more_ids
+
+    liked = more_ids[0]
+    run(page, lambda: page.locator(f'{RESULTS} .vs-card[data-pid="{liked}"] .vs-like').click())
+    assert "Refined by your likes" in summary(page)
+    assert page.locator(f'{RESULTS} .vs-refine .vs-x[data-action="unlike"][data-pid="{liked}"]').count() == 1
+    liked_ids = card_ids(page)
+    assert liked not in liked_ids and liked_ids != more_ids
+
+    disliked = liked_ids[0]
+    run(page, lambda: page.locator(f'{RESULTS} .vs-card[data-pid="{disliked}"] .vs-dislike').click())
+    assert page.locator(f'{RESULTS} .vs-refine .vs-x[data-action="undislike"][data-pid="{disliked}"]').count() == 1
+    refined = card_ids(page)
+    assert disliked not in refined and liked not in refined
+    shot(page, artifacts_dir, "desktop-like-dislike.png")
+
+    run(page, lambda: page.locator("#reset-btn").click())
+    assert card_ids(page) == more_ids
+    assert page.locator(f"{RESULTS} .vs-refine").count() == 0
+
+    actions = [(e.get("action"), e.get("product_id")) for e in log_events(ui_app) if e["event"] == "feedback"]
+    assert ("click", "juice-orange") in actions
+    assert ("like", liked) in actions and ("dislike", disliked) in actions
+
+
+def test_crop_searches_one_region(page, ui_app, artifacts_dir):
+    upload_photo(page, ui_app.image_of("juice-orange"))
+    full = photo_size(page)
+    page.locator("#crop-btn").click()
+    stage = page.locator("#cropper .vs-crop-stage")
+    stage.wait_for(state="visible")
+    page.wait_for_function("() => document.querySelector('#cropper .vs-crop-stage img')?.naturalWidth > 0")
+    stage.scroll_into_view_if_needed()
+    area = stage.bounding_box()
+    handle = page.locator("#cropper .vs-h-nw").bounding_box()
+    page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(area["x"] + area["width"] * 0.5, area["y"] + area["height"] * 0.5, steps=8)
+    page.mouse.up()
+    shot(page, artifacts_dir, "desktop-crop-tool.png")
+    before = page.locator("#photo img").get_attribute("src")
+    page.locator("#cropper [data-crop=apply]").click()
+    page.wait_for_function("prev => document.querySelector('#photo img')?.getAttribute('src') !== prev", arg=before)
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#photo img'); return i && i.complete && i.naturalWidth > 0; }"
+    )
+    cropped = photo_size(page)
+    # The box went from 10%-90% to 50%-90% of each side: 40% of the photo's width and height.
+    assert cropped[0] == pytest.approx(0.4 * full[0], abs=0.06 * full[0]), (full, cropped)
+    assert cropped[1] == pytest.approx(0.4 * full[1], abs=0.06 * full[1]), (full, cropped)
+    assert not page.locator("#crop-box").is_visible()
+    search(page)
+    assert summary(page).startswith("Photo search")
+
+
+def test_visible_errors_and_app_keeps_working(page, ui_app):
+    search(page)  # nothing given
+    error = page.locator(f"{RESULTS} .vs-error")
+    assert error.is_visible() and "Add a photo" in error.inner_text()
+
+    page.locator("#image-url input, #image-url textarea").first.fill("file:///etc/passwd")
+    search(page)
+    assert "must start with http" in page.locator(f"{RESULTS} .vs-error").inner_text()
+
+    page.locator("#image-url input, #image-url textarea").first.fill("")
+    open_filters(page)
+    page.locator("#min-price input").fill("50")
+    page.locator("#max-price input").fill("10")
+    page.locator("#query-text textarea").fill("paint")
+    search(page)
+    assert "minimum price (50) is above the maximum (10)" in page.locator(f"{RESULTS} .vs-error").inner_text()
+
+    page.locator("#min-price input").fill("")
+    search(page)
+    assert page.locator(f"{RESULTS} .vs-error").count() == 0
+    prices = page.locator(f"{RESULTS} .vs-price").all_inner_texts()
+    assert prices and all(float(p.lstrip("$")) <= 10 for p in prices)
+
+
+def test_phone_viewport_example_photo_in_one_tap(browser, ui_app, artifacts_dir):
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        open_app(page, ui_app.url)
+        shot(page, artifacts_dir, "phone-start.png")
+        examples = page.locator("#example-photos .vs-example")
+        assert examples.count() >= 1
+        run(page, lambda: examples.first.click())
+        assert summary(page).startswith("Photo search")
+        cards = page.locator(f"{RESULTS} .vs-card")
+        assert cards.count() >= 2
+        a, b = cards.nth(0).bounding_box(), cards.nth(1).bounding_box()
+        assert abs(a["y"] - b["y"]) < 2 and b["x"] > a["x"]  # two cards per row
+        assert a["x"] >= 0 and b["x"] + b["width"] <= 391
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"page is {overflow}px wider than the phone"
+        shot(page, artifacts_dir, "phone-results.png")
+
+        run(page, lambda: cards.nth(0).locator(".vs-like").tap())
+        assert "Refined by your likes" in summary(page)
+    finally:
+        context.close()
+
+
+def test_catalog_tab_status_charts_audit_and_export(page, ui_app, artifacts_dir):
+    page.get_by_role("tab", name="Catalog").click()
+    status = page.locator("#index-status")
+    status.wait_for(state="visible")
+    text = status.inner_text()
+    assert "test:tiny" in text and "qdrant-edge" in text and "11" in text
+    page.wait_for_selector("#catalog-charts canvas, #catalog-charts svg")
+    page.locator("#dup-btn").click()
+    page.wait_for_selector("#dup-out table, #dup-out .vs-notice")
+    page.get_by_role("tab", name="Likely miscategorised").click()
+    page.locator("#mis-btn").click()
+    page.wait_for_selector("#mis-out table, #mis-out .vs-notice")
+    page.get_by_role("tab", name="Nearest neighbours").click()
+    page.locator("#nn-product input").fill("paint-red")
+    page.locator("#nn-product input").press("Enter")
+    page.locator("#nn-btn").click()
+    page.wait_for_selector("#nn-out .vs-card")
+    assert "paint-red" not in page.locator("#nn-out .vs-card").evaluate_all("cs => cs.map(c => c.dataset.pid)")
+    shot(page, artifacts_dir, "desktop-catalog.png")
+
+    page.get_by_role("tab", name="Pilot analytics").click()
+    page.locator("#export-btn").click()
+    link = page.locator("#export-file a").first
+    link.wait_for(state="visible")
+    assert ".csv" in (link.get_attribute("href") or "") + link.inner_text()
+
+
+def test_import_catalog_with_progress_and_row_errors(page, ui_app, tmp_path, artifacts_dir):
+    """Runs last in this file: it adds two products (category 'Imported') to the shared index."""
+    import csv
+    import zipfile
+
+    from PIL import Image as PILImage
+
+    csv_path = tmp_path / "new_products.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["product_id", "image", "title", "category", "brand", "price"])
+        writer.writerow(["imp-1", "pics/imp-1.jpg", "Imported Lamp", "Imported", "Lumen", "19.90"])
+        writer.writerow(["imp-2", "pics/imp-2.jpg", "Imported Vase", "Imported", "Lumen", "24.50"])
+        writer.writerow(["imp-3", "pics/missing.jpg", "Ghost Product", "Imported", "Lumen", "9.99"])
+    zip_path = tmp_path / "pics.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for pid, colour in (("imp-1", (250, 200, 40)), ("imp-2", (30, 140, 160))):
+            img_path = tmp_path / f"{pid}.jpg"
+            PILImage.new("RGB", (200, 200), colour).save(img_path)
+            zf.write(img_path, f"pics/{pid}.jpg")
+
+    page.get_by_role("tab", name="Catalog").click()
+    page.locator("#import-csv input[type=file]").set_input_files(str(csv_path))
+    page.locator("#import-zip input[type=file]").set_input_files(str(zip_path))
+    page.wait_for_function("() => document.querySelectorAll('#import-csv a, #import-zip a').length >= 2")
+    page.locator("#import-btn").click()
+    report = page.locator("#import-report")
+    report.locator(".vs-notice, .vs-error").first.wait_for(timeout=60_000)
+    text = report.inner_text()
+    assert "Imported." in text and "2 embedded" in text, text
+    assert "row 4 (imp-3)" in text, text
+    page.wait_for_function("() => document.querySelector('#index-status').innerText.includes('13')")
+    shot(page, artifacts_dir, "desktop-import.png")
+
+    page.get_by_role("tab", name="Search").click()
+    pick_category(page, "Imported (2)")
+    page.locator("#query-text textarea").fill("lamp")
+    search(page)
+    assert set(card_ids(page)) == {"imp-1", "imp-2"}
+    # The imported images are served (they live under the app's import folder).
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#results .vs-card img')].every(i => i.complete && i.naturalWidth > 0)"
+    )

@@ -1,0 +1,323 @@
+"""Image augmentation shared by fine-tuning and evaluation: make catalog shots look like shopper photos.
+
+Catalog photos are clean (studio background, centred, well lit); shoppers photograph products on a
+kitchen table, at an angle, in yellow light, through a phone's JPEG encoder. Everything here is a
+pure function of the input image and a :class:`random.Random`, so a seed reproduces it exactly, in any
+process and with any number of DataLoader workers.
+
+- :func:`random_background` solid colour, gradient, noise texture, stripes, checkerboard or clutter.
+- :func:`foreground_mask` the product's mask when the photo has a plain (studio) background, else None.
+- :func:`paste_on_background` the product (cut out when possible) at a random scale and angle on a
+  new background: the "background change" used in training and by the synthetic query builder.
+- :func:`shopper_photo` a synthetic shopper photo: cluttered background, random scale/angle,
+  lighting change, blur, JPEG artefacts (``evaluate.synthetic_queries`` uses it).
+- :func:`train_augment` the fine-tuning augmentation: background change, random resized crop, flip,
+  colour jitter.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+import random
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+
+__all__ = [
+    "BACKGROUND_KINDS",
+    "foreground_mask",
+    "jpeg_artefacts",
+    "paste_on_background",
+    "random_background",
+    "shopper_photo",
+    "train_augment",
+]
+
+BACKGROUND_KINDS = ("solid", "gradient", "noise", "stripes", "checker", "clutter")
+_MASK_WORK_SIDE = 384  # masks are computed on a copy this small, then scaled up (soft edges anyway)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backgrounds
+
+
+def _colour(rng: random.Random, *, light: float | None = None) -> tuple[int, int, int]:
+    """A random, plausible surface colour (muted more often than saturated)."""
+    hue = rng.random()
+    sat = rng.choice((rng.uniform(0.0, 0.25), rng.uniform(0.2, 0.8)))
+    val = light if light is not None else rng.uniform(0.25, 0.95)
+    r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def random_background(size: tuple[int, int], rng: random.Random, kind: str | None = None) -> Image.Image:
+    """An RGB background of ``size``: one of BACKGROUND_KINDS (random when ``kind`` is None)."""
+    width, height = size
+    kind = kind or rng.choice(BACKGROUND_KINDS)
+    if kind not in BACKGROUND_KINDS:
+        raise ValueError(f"unknown background kind {kind!r}; use one of {', '.join(BACKGROUND_KINDS)}")
+    if kind == "solid":
+        return Image.new("RGB", size, _colour(rng))
+    if kind == "gradient":
+        a, b = np.array(_colour(rng), np.float32), np.array(_colour(rng), np.float32)
+        angle = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        t = xx * np.cos(angle) + yy * np.sin(angle)
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+        pixels = a * (1 - t[..., None]) + b * t[..., None]
+        return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
+    if kind == "noise":  # fabric / wood / concrete-ish: smoothed noise around a base colour
+        noise_rng = np.random.default_rng(rng.getrandbits(32))
+        cell = rng.choice((2, 4, 8, 16))
+        shape = (max(1, height // cell), max(1, width // cell), 1)
+        small = noise_rng.normal(0, rng.uniform(8, 30), shape) + noise_rng.normal(0, 4, shape[:2] + (3,))
+        grain = Image.fromarray((small + 128).clip(0, 255).astype(np.uint8), "RGB").resize(
+            size, Image.Resampling.BICUBIC
+        )
+        base = np.array(_colour(rng), np.float32)
+        pixels = base + np.asarray(grain, np.float32) - 128
+        return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
+    if kind == "stripes":
+        img = Image.new("RGB", size, _colour(rng))
+        draw = ImageDraw.Draw(img)
+        other = _colour(rng)
+        step = rng.randint(max(4, width // 30), max(8, width // 6))
+        thick = rng.randint(2, max(3, step // 2))
+        diagonal = rng.random() < 0.5
+        for x in range(-height, width + height, step):
+            offset = height if diagonal else 0
+            draw.line([(x, 0), (x + offset, height)], fill=other, width=thick)
+        return img
+    if kind == "checker":
+        img = Image.new("RGB", size, _colour(rng))
+        draw = ImageDraw.Draw(img)
+        other = _colour(rng)
+        cell = rng.randint(max(6, width // 24), max(12, width // 5))
+        for y in range(0, height, cell):
+            for x in range((y // cell) % 2 * cell, width, 2 * cell):
+                draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=other)
+        return img
+    # clutter: a textured surface with random objects lying around (shapes in random colours)
+    img = random_background(size, rng, rng.choice(("solid", "gradient", "noise")))
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.randint(6, 18)):
+        w = rng.randint(width // 12, width // 3)
+        h = rng.randint(height // 12, height // 3)
+        x, y = rng.randint(-w // 2, width - w // 2), rng.randint(-h // 2, height - h // 2)
+        box = [x, y, x + w, y + h]
+        fill = _colour(rng)
+        shape = rng.choice(("rect", "ellipse", "polygon", "line"))
+        if shape == "rect":
+            draw.rectangle(box, fill=fill)
+        elif shape == "ellipse":
+            draw.ellipse(box, fill=fill)
+        elif shape == "polygon":
+            draw.polygon(
+                [(rng.randint(x, x + w), rng.randint(y, y + h)) for _ in range(rng.randint(3, 6))], fill=fill
+            )
+        else:
+            draw.line([(x, y), (x + w, y + h)], fill=fill, width=rng.randint(2, 8))
+    return img.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.5)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Cut-out
+
+
+def foreground_mask(
+    image: Image.Image, *, tolerance: float = 16.0, frame_tolerance: float = 28.0
+) -> Image.Image | None:
+    """Soft mask (mode L, 255 = product) when ``image`` has a plain studio background, else None.
+
+    The background colour is the median of a thin frame around the border; the photo counts as a
+    studio shot when nearly all of that frame is within ``frame_tolerance`` of it. Background pixels
+    are those within ``tolerance`` (max channel difference, 0-255). The product is every pixel not
+    connected to the border through background-coloured pixels, so white parts inside a product (a
+    white logo on a shirt) stay. Full-bleed scene photos give None: callers then paste the whole
+    photo as a rectangle, which is still a photo of the product held in front of something else.
+    """
+    from scipy import ndimage
+
+    rgb = image.convert("RGB")
+    work = rgb.copy()
+    work.thumbnail((_MASK_WORK_SIDE, _MASK_WORK_SIDE), Image.Resampling.BILINEAR)
+    pixels = np.asarray(work, np.float32)
+    h, w = pixels.shape[:2]
+    if h < 8 or w < 8:
+        return None
+    edge = max(2, min(h, w) // 50)
+    frame = np.concatenate(
+        [
+            pixels[:edge].reshape(-1, 3),
+            pixels[-edge:].reshape(-1, 3),
+            pixels[:, :edge].reshape(-1, 3),
+            pixels[:, -edge:].reshape(-1, 3),
+        ]
+    )
+    background = np.median(frame, axis=0)
+    if (np.abs(frame - background).max(axis=1) <= frame_tolerance).mean() < 0.92:
+        return None  # not a plain background
+    is_background = np.abs(pixels - background).max(axis=2) <= tolerance
+    labels, _ = ndimage.label(is_background)
+    border_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    outside = np.isin(labels, border_labels[border_labels > 0])
+    product = ndimage.binary_opening(~outside, iterations=1)
+    share = product.mean()
+    if share < 0.02 or share > 0.98:  # nothing found, or nothing but product: no usable cut-out
+        return None
+    mask = Image.fromarray((product * 255).astype(np.uint8), "L").filter(ImageFilter.GaussianBlur(1.0))
+    return mask.resize(rgb.size, Image.Resampling.BILINEAR)
+
+
+# ----------------------------------------------------------------------------------------------
+# Compositing
+
+
+def paste_on_background(
+    image: Image.Image,
+    rng: random.Random,
+    *,
+    size: tuple[int, int] | None = None,
+    scale: tuple[float, float] = (0.45, 0.9),
+    max_angle: float = 0.0,
+    background: Image.Image | str | None = None,
+    mask: Image.Image | None = None,
+) -> Image.Image:
+    """The product on a new background: cut out when the photo has a plain background (else the
+    whole photo), scaled so its longer side is ``scale`` of the canvas, rotated by up to
+    ``max_angle`` degrees either way, at a random position that keeps it inside the canvas.
+
+    ``size`` is the canvas (default: the image's size); ``background`` an image, a kind from
+    BACKGROUND_KINDS or None for a random kind; ``mask`` a precomputed :func:`foreground_mask`.
+    """
+    rgb = image.convert("RGB")
+    canvas_size = size or rgb.size
+    if isinstance(background, Image.Image):
+        canvas = background.convert("RGB").resize(canvas_size, Image.Resampling.BILINEAR)
+    else:
+        canvas = random_background(canvas_size, rng, background)
+    if mask is None:
+        mask = foreground_mask(rgb)
+    if mask is None:
+        mask = Image.new("L", rgb.size, 255)
+    bbox = mask.getbbox() or (0, 0, *rgb.size)
+    product = rgb.crop(bbox).convert("RGBA")
+    product.putalpha(mask.crop(bbox))
+
+    target = rng.uniform(*scale) * min(canvas_size)
+    factor = target / max(product.size)
+    new_size = (max(1, round(product.width * factor)), max(1, round(product.height * factor)))
+    product = product.resize(new_size, Image.Resampling.BICUBIC)
+    if max_angle:
+        product = product.rotate(rng.uniform(-max_angle, max_angle), Image.Resampling.BICUBIC, expand=True)
+    if product.width > canvas_size[0] or product.height > canvas_size[1]:  # rotation grew it: fit again
+        product.thumbnail(canvas_size, Image.Resampling.BICUBIC)
+    x = rng.randint(0, canvas_size[0] - product.width)
+    y = rng.randint(0, canvas_size[1] - product.height)
+    canvas.paste(product, (x, y), product)
+    return canvas
+
+
+def jpeg_artefacts(image: Image.Image, quality: int) -> Image.Image:
+    """Round-trip through JPEG at ``quality`` (1-95): blocking and ringing like a phone upload."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=int(quality))
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return decoded.convert("RGB")
+
+
+def _lighting(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Exposure, contrast and white-balance shift (warm indoor light or cool daylight)."""
+    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.6, 1.3))
+    image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.7, 1.2))
+    pixels = np.asarray(image, np.float32)
+    warmth = rng.uniform(-0.12, 0.12)
+    gains = np.array([1 + warmth, 1.0, 1 - warmth], np.float32)
+    if rng.random() < 0.5:  # uneven light: a vignette-like falloff from a random point
+        h, w = pixels.shape[:2]
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        dist = np.hypot((yy - cy) / h, (xx - cx) / w)
+        pixels = pixels * (1 - rng.uniform(0.1, 0.35) * np.clip(dist, 0, 1))[..., None]
+    return Image.fromarray((pixels * gains).clip(0, 255).astype(np.uint8), "RGB")
+
+
+def shopper_photo(image: Image.Image, rng: random.Random, *, size: int = 512) -> Image.Image:
+    """A synthetic shopper photo of a catalog image: the product at a random scale (35-80% of the
+    frame) and angle (up to 25 degrees) on a cluttered or textured background, a lighting change,
+    sometimes a little blur, then JPEG artefacts (quality 30-75). ``size`` is the square output side."""
+    kind = rng.choice(("clutter", "clutter", "noise", "gradient", "stripes", "checker"))
+    photo = paste_on_background(
+        image, rng, size=(size, size), scale=(0.35, 0.8), max_angle=25, background=kind
+    )
+    photo = _lighting(photo, rng)
+    if rng.random() < 0.4:
+        photo = photo.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.4)))
+    return jpeg_artefacts(photo, rng.randint(30, 75))
+
+
+def _colour_jitter(image: Image.Image, rng: random.Random, strength: float = 0.3) -> Image.Image:
+    ops = [
+        lambda im: ImageEnhance.Brightness(im).enhance(rng.uniform(1 - strength, 1 + strength)),
+        lambda im: ImageEnhance.Contrast(im).enhance(rng.uniform(1 - strength, 1 + strength)),
+        lambda im: ImageEnhance.Color(im).enhance(rng.uniform(1 - strength, 1 + strength)),
+    ]
+    rng.shuffle(ops)
+    for op in ops:
+        image = op(image)
+    shift = rng.uniform(-0.03, 0.03)  # small hue rotation: a red bag must stay red
+    if abs(shift) > 1e-3:
+        h, s, v = image.convert("HSV").split()
+        h = h.point(lambda p: int(p + shift * 255) % 256)
+        image = Image.merge("HSV", (h, s, v)).convert("RGB")
+    return image
+
+
+def _random_resized_crop(
+    image: Image.Image,
+    rng: random.Random,
+    out_size: int,
+    scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Image.Image:
+    """torchvision's RandomResizedCrop, driven by ``rng``: a crop of ``scale`` of the area with an
+    aspect ratio in ``ratio``, resized to a square of ``out_size``; falls back to a centre crop."""
+    width, height = image.size
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = float(np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]))))
+        w = round((target * aspect) ** 0.5)
+        h = round((target / aspect) ** 0.5)
+        if 0 < w <= width and 0 < h <= height:
+            x, y = rng.randint(0, width - w), rng.randint(0, height - h)
+            return image.resize((out_size, out_size), Image.Resampling.BICUBIC, box=(x, y, x + w, y + h))
+    side = min(width, height)
+    x, y = (width - side) // 2, (height - side) // 2
+    return image.resize((out_size, out_size), Image.Resampling.BICUBIC, box=(x, y, x + side, y + side))
+
+
+def train_augment(
+    image: Image.Image,
+    rng: random.Random,
+    out_size: int,
+    *,
+    background_p: float = 0.5,
+    crop_scale: tuple[float, float] = (0.5, 1.0),
+    flip_p: float = 0.5,
+    jitter: float = 0.3,
+) -> Image.Image:
+    """Fine-tuning augmentation of one catalog image -> RGB square of ``out_size``: with probability
+    ``background_p`` the product is moved onto a random background (scale 60-95%, up to 15 degrees),
+    then a random resized crop (``crop_scale`` of the area), a horizontal flip and colour jitter."""
+    image = image.convert("RGB")
+    if background_p and rng.random() < background_p:
+        image = paste_on_background(image, rng, scale=(0.6, 0.95), max_angle=15)
+    image = _random_resized_crop(image, rng, out_size, scale=crop_scale)
+    if rng.random() < flip_p:
+        image = ImageOps.mirror(image)
+    if jitter:
+        image = _colour_jitter(image, rng, jitter)
+    return image
