@@ -130,16 +130,17 @@ def instrumented(engine: SearchEngine, timer: PhaseTimer) -> Iterator[None]:
 
 def index_once(
     encoder: Any, catalog: Any, batch_size: int, work: Path, timer: PhaseTimer | None = None
-) -> float:
+) -> tuple[float, float]:
+    """(wall s, process CPU s) of one index_catalog run into a fresh index."""
     folder = Path(tempfile.mkdtemp(dir=work, prefix="index-"))
     engine = SearchEngine(encoder, open_store(folder, None, None))
     try:
         with instrumented(engine, timer) if timer else contextlib.nullcontext():
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             report = engine.index_catalog(catalog, batch_size=batch_size)
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
         assert report.embedded == len(catalog.images) and not report.issues, report.summary()
-        return seconds
+        return seconds, cpu_seconds
     finally:
         engine.close()
         shutil.rmtree(folder, ignore_errors=True)
@@ -149,15 +150,21 @@ def bench_indexing(encoder: Any, catalog: Any, batch_size: int, repeats: int, wo
     images = [load_image(img.source) for img in catalog.images]  # what index_catalog embeds
     n = len(images)
     encoder.embed_images(images[:batch_size], batch_size=batch_size)  # warm-up
-    raw, eng = [], []
+    raw, eng, raw_cpu, eng_cpu = [], [], [], []
     for r in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         encoder.embed_images(images, batch_size=batch_size)
         raw.append(n / (time.perf_counter() - start))
-        eng.append(n / index_once(encoder, catalog, batch_size, work))
-        log(f"  repeat {r + 1}/{repeats}: raw {raw[-1]:.1f} img/s, index_catalog {eng[-1]:.1f} img/s")
+        raw_cpu.append((time.process_time() - cpu) / n * 1000)
+        wall, cpu_s = index_once(encoder, catalog, batch_size, work)
+        eng.append(n / wall)
+        eng_cpu.append(cpu_s / n * 1000)
+        log(
+            f"  repeat {r + 1}/{repeats}: raw {raw[-1]:.1f} img/s ({raw_cpu[-1]:.0f} CPU ms/img), "
+            f"index_catalog {eng[-1]:.1f} img/s ({eng_cpu[-1]:.0f} CPU ms/img)"
+        )
     timer = PhaseTimer()
-    wall = index_once(encoder, catalog, batch_size, work, timer)
+    wall, _ = index_once(encoder, catalog, batch_size, work, timer)
     start = time.perf_counter()
     for img in images:
         encoder.preprocess(img)
@@ -166,6 +173,8 @@ def bench_indexing(encoder: Any, catalog: Any, batch_size: int, repeats: int, wo
         "images": n,
         "raw": raw,
         "engine": eng,
+        "raw_cpu_ms": raw_cpu,
+        "engine_cpu_ms": eng_cpu,
         "phases": dict(timer.seconds),
         "calls": dict(timer.calls),
         "profile_wall": wall,
@@ -237,7 +246,9 @@ def report(
     args: argparse.Namespace, info: dict, idx: dict, queries: dict, bg: dict | None, bg_note: str
 ) -> str:
     raw_med, eng_med = statistics.median(idx["raw"]), statistics.median(idx["engine"])
-    ratio = eng_med / raw_med
+    pair_ratio = statistics.median(e / r for e, r in zip(idx["engine"], idx["raw"], strict=True))
+    raw_cpu, eng_cpu = statistics.median(idx["raw_cpu_ms"]), statistics.median(idx["engine_cpu_ms"])
+    cpu_ratio = raw_cpu / eng_cpu
     wall = queries["wall"]
     lines = [
         SECTION,
@@ -288,15 +299,21 @@ def report(
         f"### (b) Indexing throughput (batch size {args.batch_size}, {args.repeats} interleaved repeats, "
         "fresh index each time)",
         "",
-        "| path | median img/s | best img/s | runs |",
-        "|---|---:|---:|---|",
-        f"| raw `encoder.embed_images` (images pre-loaded, pre-decoded) | {raw_med:.1f} | {max(idx['raw']):.1f} "
-        f"| {', '.join(f'{x:.1f}' for x in idx['raw'])} |",
+        "| path | median img/s | img/s per run | median CPU ms/img | CPU ms/img per run |",
+        "|---|---:|---|---:|---|",
+        f"| raw `encoder.embed_images` (images pre-loaded, pre-decoded) | {raw_med:.1f} "
+        f"| {', '.join(f'{x:.1f}' for x in idx['raw'])} | {raw_cpu:.0f} "
+        f"| {', '.join(f'{x:.0f}' for x in idx['raw_cpu_ms'])} |",
         f"| `engine.index_catalog` (hash + decode + embed + upsert + optimize) | {eng_med:.1f} "
-        f"| {max(idx['engine']):.1f} | {', '.join(f'{x:.1f}' for x in idx['engine'])} |",
+        f"| {', '.join(f'{x:.1f}' for x in idx['engine'])} | {eng_cpu:.0f} "
+        f"| {', '.join(f'{x:.0f}' for x in idx['engine_cpu_ms'])} |",
         "",
-        f"index_catalog / raw = **{ratio:.0%}** (median of each; target >= {THROUGHPUT_TARGET:.0%}: "
-        f"{'met' if ratio >= THROUGHPUT_TARGET else 'missed'}).",
+        f"index_catalog / raw: **{pair_ratio:.0%} by wall clock** (median of the paired runs) and "
+        f"**{cpu_ratio:.0%} by CPU time** (raw CPU ms/img over index_catalog CPU ms/img). Target >= "
+        f"{THROUGHPUT_TARGET:.0%}: {'met' if pair_ratio >= THROUGHPUT_TARGET else 'missed'} by wall clock, "
+        f"{'met' if cpu_ratio >= THROUGHPUT_TARGET else 'missed'} by CPU time. Both paths saturate the 2 cores, "
+        "so on an idle machine the wall ratio approaches the CPU ratio; on this shared machine the wall "
+        "clock of each run swings with other people's load (see the per-run columns), the CPU time much less.",
         "",
         f"Where one instrumented index_catalog run spends its {idx['profile_wall']:.2f} s "
         "(summed time per call site; decoding runs on 2 prefetch threads, overlapping embedding):",

@@ -388,6 +388,53 @@ def test_edge_concurrent_search_and_upsert(tmp_path: Path):
         assert s.count() == len(CATALOG) + 500
 
 
+def test_edge_optimize_in_a_child_process_keeps_the_process_responsive(tmp_path: Path):
+    # qdrant-edge holds the GIL during optimize(); EdgeStore runs it in a child process instead.
+    with EdgeStore(tmp_path / "s", optimize_in_subprocess=True) as s:
+        s.ensure_collection(DIM, MODEL, keyword_fields=("color",))
+        s.upsert(points())
+        ticks: list[float] = []
+        stop = threading.Event()
+
+        def ticker() -> None:
+            while not stop.is_set():
+                ticks.append(time.perf_counter())
+                time.sleep(0.005)
+
+        thread = threading.Thread(target=ticker)
+        thread.start()
+        start = time.perf_counter()
+        s.optimize()
+        end = time.perf_counter()
+        stop.set()
+        thread.join()
+        during = [t for t in ticks if start <= t <= end]
+        assert len(during) >= 2, "another Python thread should keep running during optimize()"
+        assert s.count() == len(CATALOG)
+        assert names(s.search(vec((0, 1.0)), top_k=1)) == ["p0"]
+        assert s.facet("attrs.color") == {"red": 3, "blue": 3, "green": 1}
+
+
+def test_edge_reads_wait_for_optimize_then_fail_clearly(tmp_path: Path):
+    with EdgeStore(tmp_path / "s", busy_timeout_s=0.05) as s:
+        s.ensure_collection(DIM, MODEL)
+        s.upsert(points())
+        with s._gate.exclusive():  # what optimize()/close() hold
+            result: list[object] = []
+            thread = threading.Thread(target=lambda: result.append(_capture(lambda: s.count())))
+            thread.start()
+            thread.join()
+        assert isinstance(result[0], StoreUnavailableError) and "optimised" in str(result[0])
+        assert s.count() == len(CATALOG)
+
+
+def _capture(fn: Callable[[], object]) -> object:
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001
+        return exc
+
+
 def test_closed_edge_store_says_so(tmp_path: Path):
     s = EdgeStore(tmp_path / "s")
     s.ensure_collection(DIM, MODEL)

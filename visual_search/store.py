@@ -19,10 +19,13 @@ Backends
 Both store one named dense vector ("image", cosine) per point, with keyword payload indexes on
 KEYWORD_FIELDS and ``attrs.<name>`` and a float index on FLOAT_FIELDS.
 
-Threads: Qdrant Edge is safe to call from several threads at once (reads and writes take the
-shard's own locks and release the GIL; checked with 3 query threads + 1 writer). The store only
-serialises lifecycle work (create/load/close/optimize) with its own lock. The remote client is
-thread-safe (httpx); qdrant-client's in-process local mode is not, so it gets a lock.
+Threads: Qdrant Edge is safe to call from several threads at once (checked with 3 query threads +
+1 writer); queries release the GIL, updates hold it briefly (~20 ms per 512-point batch).
+``EdgeShard.optimize()`` holds the GIL for the whole HNSW build (minutes at 100k points), which
+would freeze the whole process, web UI included, so EdgeStore.optimize() runs it in a child
+process while the shard is closed. A small readers/exclusive gate keeps reads off the shard while
+it is created, optimised or closed. The remote client is thread-safe (httpx); qdrant-client's
+in-process local mode is not, so it gets a lock.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 import warnings
@@ -73,6 +78,8 @@ DEFAULT_QUANTIZATION = True
 QUANTIZATION_OVERSAMPLING = 2.0
 # Below this many KB of vectors per segment Qdrant searches exactly (no HNSW needed).
 FULL_SCAN_THRESHOLD_KB = 10_000
+# Qdrant's default indexing_threshold: segments with fewer KB of vectors get no HNSW graph.
+INDEXING_THRESHOLD_KB = 10_000
 
 _UPSERT_BATCH = 512
 _SCROLL_PAGE = 512
@@ -321,6 +328,47 @@ def _average_vector_query(positives: Sequence[np.ndarray], negatives: Sequence[n
 # ---------------------------------------------------------------------------------------------
 
 
+_OPTIMIZE_SCRIPT = (
+    "import sys, qdrant_edge as qe; s = qe.EdgeShard.load(sys.argv[1]); s.optimize(); s.flush(); s.close()"
+)
+
+
+class _Gate:
+    """Many shared holders (reads, upserts) or one exclusive holder (create, optimize, close).
+    A waiting exclusive holder blocks new shared ones, so it is never starved."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self, timeout: float, busy_message: str) -> Iterator[None]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._exclusive, timeout):
+                raise StoreUnavailableError(busy_message)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._exclusive = True
+            self._cond.wait_for(lambda: self._shared == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 def _edge_filter(filters: SearchFilters | None, exclude_ids: Sequence[str] = ()) -> Any:
     """SearchFilters (+ ids to leave out) as a ``qdrant_edge.Filter``; None when unrestricted."""
     import qdrant_edge as qe
@@ -356,6 +404,8 @@ class EdgeStore(VectorStore):
         ef_construct: int = DEFAULT_EF_CONSTRUCT,
         quantization: bool = DEFAULT_QUANTIZATION,
         max_search_threads: int | None = None,
+        optimize_in_subprocess: bool | None = None,
+        busy_timeout_s: float = 30.0,
     ) -> None:
         import qdrant_edge as qe
 
@@ -368,7 +418,9 @@ class EdgeStore(VectorStore):
         self.ef_construct = int(ef_construct)
         self.quantization = bool(quantization)
         self.max_search_threads = max_search_threads
-        self._lock = threading.RLock()
+        self.optimize_in_subprocess = optimize_in_subprocess
+        self.busy_timeout_s = busy_timeout_s
+        self._gate = _Gate()
         self._shard: Any = None
         self._closed = False
         self._meta: dict[str, Any] | None = None
@@ -436,7 +488,7 @@ class EdgeStore(VectorStore):
 
     def ensure_collection(self, dim: int, model_id: str, keyword_fields: Sequence[str] = ()) -> None:
         qe = self._qe
-        with self._lock:
+        with self._gate.exclusive():
             self._check_open()
             if self._shard is None:
                 meta = _meta_record(model_id, dim)
@@ -468,11 +520,22 @@ class EdgeStore(VectorStore):
         if self._closed:
             raise StoreUnavailableError(f"The index at {self.directory} has been closed.")
 
-    def _require(self) -> Any:
-        self._check_open()
-        if self._shard is None:
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """Shared access for reads and upserts: yields the shard (None before ensure_collection).
+        Waits while optimize()/close() hold the store, at most ``busy_timeout_s``."""
+        busy = (
+            f"The index at {self.directory} is being optimised (HNSW build after indexing); "
+            "searches resume when it finishes. Try again in a minute."
+        )
+        with self._gate.shared(self.busy_timeout_s, busy):
+            self._check_open()
+            yield self._shard
+
+    def _writable(self, shard: Any) -> Any:
+        if shard is None:
             raise StoreUnavailableError(f"No index at {self.directory} yet; index a catalog first.")
-        return self._shard
+        return shard
 
     @property
     def dim(self) -> int | None:
@@ -482,25 +545,62 @@ class EdgeStore(VectorStore):
 
     def upsert(self, points: Sequence[IndexPoint]) -> None:
         qe = self._qe
-        shard = self._require()
         for batch in _batches(points, _UPSERT_BATCH):
             edge_points = [
                 qe.Point(str(p.id), {VECTOR_NAME: _as_vector(p.vector, self.dim)}, _clean_payload(p.payload))
                 for p in batch
             ]
-            shard.update(qe.UpdateOperation.upsert_points(edge_points))
+            with self._reading() as shard:  # Edge updates take the shard's own write lock
+                self._writable(shard).update(qe.UpdateOperation.upsert_points(edge_points))
 
     def delete(self, ids: Sequence[str]) -> None:
-        if not ids or self._shard is None:
+        if not ids:
             return
-        self._require().update(self._qe.UpdateOperation.delete_points([str(i) for i in ids]))
+        with self._reading() as shard:
+            if shard is not None:
+                shard.update(self._qe.UpdateOperation.delete_points([str(i) for i in ids]))
 
     def optimize(self) -> None:
-        """Build the HNSW graph / merge segments now (blocking; searches keep working meanwhile)."""
-        with self._lock:
-            if self._shard is not None and not self._closed:
+        """Build the HNSW graph / merge segments now; blocks until done.
+
+        qdrant-edge 0.9 holds the GIL for the whole of ``EdgeShard.optimize()`` (minutes at 100k
+        points), which would freeze every thread of this process, the web UI included. So by
+        default the shard is closed, optimised by a child Python process, and re-opened; reads
+        meanwhile wait (up to ``busy_timeout_s``, then StoreUnavailableError). If the child cannot
+        run, it falls back to optimising in-process. ``optimize_in_subprocess=None`` (default) uses
+        the child only when there is enough data for an HNSW build (small shards only merge
+        segments, which is quick); True/False force it on/off.
+        """
+        with self._gate.exclusive():
+            if self._shard is None or self._closed:
+                return
+            if not self._optimize_out_of_process():
                 self._shard.optimize()
                 self._shard.flush()
+                return
+            self._shard.flush()
+            self._shard.close()
+            self._shard = None
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-c", _OPTIMIZE_SCRIPT, str(self.shard_dir)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+            finally:
+                self._shard = self._load_shard()
+            if done.returncode != 0:  # e.g. a frozen app without a usable interpreter
+                self._shard.optimize()
+                self._shard.flush()
+
+    def _optimize_out_of_process(self) -> bool:
+        if not sys.executable or self.optimize_in_subprocess is False:
+            return False
+        if self.optimize_in_subprocess:
+            return True
+        vector_kb = self._shard.info().points_count * (self.dim or 0) * 4 / 1024
+        return vector_kb >= INDEXING_THRESHOLD_KB
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -513,7 +613,9 @@ class EdgeStore(VectorStore):
         )
         return qe.SearchParams(hnsw_ef=self.hnsw_ef, quantization=quant)
 
-    def _query(self, vector: np.ndarray, top_k: int, filt: Any, score_threshold: float | None) -> list[Hit]:
+    def _query(
+        self, shard: Any, vector: np.ndarray, top_k: int, filt: Any, score_threshold: float | None
+    ) -> list[Hit]:
         qe = self._qe
         request = qe.QueryRequest(
             limit=int(top_k),
@@ -523,7 +625,7 @@ class EdgeStore(VectorStore):
             params=self._search_params(),
             with_payload=True,
         )
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in self._require().query(request)]
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in shard.query(request)]
 
     def search(
         self,
@@ -532,10 +634,12 @@ class EdgeStore(VectorStore):
         filters: SearchFilters | None = None,
         score_threshold: float | None = None,
     ) -> list[Hit]:
-        self._check_open()
-        if top_k <= 0 or self._shard is None:
-            return []
-        return self._query(_as_vector(vector, self.dim), top_k, _edge_filter(filters), score_threshold)
+        query = _as_vector(vector, self.dim)
+        filt = _edge_filter(filters)
+        with self._reading() as shard:
+            if top_k <= 0 or shard is None:
+                return []
+            return self._query(shard, query, top_k, filt, score_threshold)
 
     def recommend(
         self,
@@ -547,54 +651,58 @@ class EdgeStore(VectorStore):
     ) -> list[Hit]:
         # qdrant-edge 0.9 recommends from vectors, not ids, and only best_score/sum_scores:
         # fetch the examples and apply average_vector ourselves, excluding them like Qdrant does.
-        self._check_open()
-        if top_k <= 0 or self._shard is None:
-            return []
-        vectors = self.get_vectors([*positive_ids, *negative_ids])
-        positives = [vectors[i] for i in map(str, positive_ids) if i in vectors]
-        negatives = [vectors[i] for i in map(str, negative_ids) if i in vectors]
-        if not positives:
-            return []
-        query = _average_vector_query(positives, negatives).astype(np.float32)
-        exclude = sorted({str(i) for i in (*positive_ids, *negative_ids)})
-        return self._query(query, top_k, _edge_filter(filters, exclude), score_threshold)
+        with self._reading() as shard:
+            if top_k <= 0 or shard is None:
+                return []
+            vectors = self._vectors(shard, [*positive_ids, *negative_ids])
+            positives = [vectors[i] for i in map(str, positive_ids) if i in vectors]
+            negatives = [vectors[i] for i in map(str, negative_ids) if i in vectors]
+            if not positives:
+                return []
+            query = _average_vector_query(positives, negatives).astype(np.float32)
+            exclude = sorted({str(i) for i in (*positive_ids, *negative_ids)})
+            return self._query(shard, query, top_k, _edge_filter(filters, exclude), score_threshold)
 
-    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        self._check_open()
-        if not ids or self._shard is None:
-            return {}
-        records = self._shard.retrieve([str(i) for i in ids], False, [VECTOR_NAME])
+    @staticmethod
+    def _vectors(shard: Any, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        records = shard.retrieve([str(i) for i in ids], False, [VECTOR_NAME])
         return {str(r.id): np.asarray(r.vector[VECTOR_NAME], dtype=np.float32) for r in records}
 
+    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        with self._reading() as shard:
+            if not ids or shard is None:
+                return {}
+            return self._vectors(shard, ids)
+
     def scroll(self) -> Iterator[Hit]:
-        self._check_open()
-        if self._shard is None:
-            return
         offset: Any = None
         while True:
-            request = self._qe.ScrollRequest(
-                offset=offset, limit=_SCROLL_PAGE, with_payload=True, with_vector=False
-            )
-            records, offset = self._require().scroll(request)
+            with self._reading() as shard:  # per page, so optimize/close are never starved
+                if shard is None:
+                    return
+                request = self._qe.ScrollRequest(
+                    offset=offset, limit=_SCROLL_PAGE, with_payload=True, with_vector=False
+                )
+                records, offset = shard.scroll(request)
             for r in records:
                 yield Hit(str(r.id), 0.0, dict(r.payload or {}))
             if offset is None or not records:
                 return
 
     def count(self, filters: SearchFilters | None = None) -> int:
-        self._check_open()
-        if self._shard is None:
-            return 0
-        return int(self._shard.count(self._qe.CountRequest(exact=True, filter=_edge_filter(filters))))
+        with self._reading() as shard:
+            if shard is None:
+                return 0
+            return int(shard.count(self._qe.CountRequest(exact=True, filter=_edge_filter(filters))))
 
     def facet(self, key: str, limit: int = 100) -> dict[str, int]:
-        self._check_open()
-        if self._shard is None:
-            return {}
-        schema = self._shard.info().payload_schema
-        if key in schema and schema[key].data_type == self._qe.PayloadSchemaType.Keyword:
-            response = self._shard.facet(self._qe.FacetRequest(key=key, limit=int(limit), exact=True))
-            return _top(((h.value, h.count) for h in response.hits), limit)
+        with self._reading() as shard:
+            if shard is None:
+                return {}
+            schema = shard.info().payload_schema
+            if key in schema and schema[key].data_type == self._qe.PayloadSchemaType.Keyword:
+                response = shard.facet(self._qe.FacetRequest(key=key, limit=int(limit), exact=True))
+                return _top(((h.value, h.count) for h in response.hits), limit)
         return _facet_from_payloads((h.payload for h in self.scroll()), key, limit)  # no index: read all
 
     def info(self) -> CollectionInfo:
@@ -608,7 +716,7 @@ class EdgeStore(VectorStore):
         )
 
     def close(self) -> None:
-        with self._lock:
+        with self._gate.exclusive():
             if self._closed:
                 return
             self._closed = True
