@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from visual_search import engine as engine_module  # noqa: E402
 from visual_search.catalog import read_catalog  # noqa: E402
@@ -169,8 +170,13 @@ def bench_indexing(encoder: Any, catalog: Any, batch_size: int, repeats: int, wo
     for img in images:
         encoder.preprocess(img)
     preprocess_only = time.perf_counter() - start
+    sides = []
+    for img in catalog.images:
+        with contextlib.suppress(Exception), Image.open(img.source) as opened:
+            sides.append(max(opened.size))
     return {
         "images": n,
+        "sides": (min(sides), max(sides)) if sides else (0, 0),
         "raw": raw,
         "engine": eng,
         "raw_cpu_ms": raw_cpu,
@@ -264,7 +270,7 @@ def report(
         "",
         f"Encoder: ViT-B-32 (random weights, same compute as real ones) via `create_encoder('ViT-B-32@/tmp/...pt')`, "
         f"CPU. Catalog: `{args.catalog.relative_to(ROOT) if args.catalog.is_relative_to(ROOT) else args.catalog}` "
-        f"({idx['images']} images, 1024-1600 px JPEG/PNG).",
+        f"({idx['images']} images, longest side {idx['sides'][0]}-{idx['sides'][1]} px).",
         "",
         f"### (a) Photo query latency ({len(wall)} synthetic shopper photos, 512 px JPEG files, top-12)",
         "",

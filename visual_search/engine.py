@@ -6,6 +6,7 @@ hands out only dataclasses, PIL images and numpy arrays.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +34,8 @@ from .store import VectorStore, open_store
 from .types import IMAGE_HASH, PRODUCT_ID, CollectionInfo, Hit, IndexPoint, ProductResult, SearchFilters
 
 INDEXED_AT = "indexed_at"
+# Hashing and decoding are I/O + C code that release the GIL; URL catalogs need more than the core count.
+IO_WORKERS = min(8, (os.cpu_count() or 2) * 2)
 ProgressFn = Callable[[int, int], None]
 
 
@@ -136,11 +139,11 @@ class SearchEngine:
             to_embed: list[tuple[CatalogImage, str]] = []
             payload_only: list[tuple[CatalogImage, str]] = []
             unchanged = 0
-            for image in catalog.images:
-                try:
-                    digest = source_sha256(image.source)
-                except ImageError as exc:
-                    issues.append(RowIssue(image.row, image.product_id, str(exc)))
+            with ThreadPoolExecutor(max_workers=IO_WORKERS) as pool:
+                digests = list(pool.map(_digest, (image.source for image in catalog.images)))
+            for image, digest in zip(catalog.images, digests, strict=True):
+                if isinstance(digest, Exception):
+                    issues.append(RowIssue(image.row, image.product_id, str(digest)))
                     continue
                 stored = existing.get(image.point_id)
                 if stored is None or stored.get(IMAGE_HASH) != digest:
@@ -401,6 +404,13 @@ def _details(payload: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in payload.items() if k not in (INDEXED_AT,)}
 
 
+def _digest(source: str) -> str | Exception:
+    try:
+        return source_sha256(source)
+    except ImageError as exc:
+        return exc
+
+
 def _load(source: str) -> Image.Image | Exception:
     try:
         return load_image(source)
@@ -415,7 +425,7 @@ def _prefetched_batches(
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     if not batches:
         return
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=IO_WORKERS) as pool:
 
         def submit(batch: list[tuple[CatalogImage, str]]) -> list[Future]:
             return [pool.submit(_load, image.source) for image, _ in batch]
