@@ -27,24 +27,35 @@ def build_parser() -> argparse.ArgumentParser:
         description="Visual product search: a web app to search a product catalog by photo, text or both.",
     )
     g = parser.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for a phone on the LAN)")
+    g.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for a phone on the LAN)"
+    )
     g.add_argument("--port", type=int, default=7860)
     g.add_argument("--share", action="store_true", help="also open a public https://*.gradio.live link")
     g.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (camera on phones needs HTTPS)")
     g.add_argument("--ssl-keyfile", help="private key for --ssl-certfile")
     g.add_argument(
-        "--concurrency", type=int, default=4, help="searches that run at the same time (others queue); default 4"
+        "--concurrency",
+        type=int,
+        default=4,
+        help="searches that run at the same time (others queue); default 4",
     )
-    g.add_argument("--max-upload-mb", type=float, default=50, help="largest upload accepted, in MB (default 50)")
+    g.add_argument(
+        "--max-upload-mb", type=float, default=50, help="largest upload accepted, in MB (default 50)"
+    )
     g = parser.add_argument_group("catalog and pilot")
     g.add_argument(
         "--catalog",
         default=str(SAMPLE_CATALOG),
         help="catalog indexed on first start when the index is empty (default: the shipped sample catalog)",
     )
-    g.add_argument("--no-auto-index", action="store_true", help="do not index --catalog when the index is empty")
     g.add_argument(
-        "--log-photos", action="store_true", help="also keep query photos in the pilot log (off: photos are never stored)"
+        "--no-auto-index", action="store_true", help="do not index --catalog when the index is empty"
+    )
+    g.add_argument(
+        "--log-photos",
+        action="store_true",
+        help="also keep query photos in the pilot log (off: photos are never stored)",
     )
     g.add_argument("--currency", default="$", help="currency symbol shown with prices (default $)")
     add_settings_arguments(parser)
@@ -72,7 +83,9 @@ def ensure_indexed(engine, catalog: Path | None) -> None:
         print("Index is empty; import a catalog in the Catalog tab.", flush=True)
         return
     if not catalog.is_file():
-        print(f"Index is empty and {catalog} does not exist; import a catalog in the Catalog tab.", flush=True)
+        print(
+            f"Index is empty and {catalog} does not exist; import a catalog in the Catalog tab.", flush=True
+        )
         return
     from tqdm import tqdm
 

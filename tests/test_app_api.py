@@ -42,7 +42,9 @@ def test_named_endpoints_are_public(client):
 
 
 def test_search_image_finds_the_same_product_first(client, ui_app):
-    r = client.predict(image=handle_file(str(ui_app.image_of("juice-orange"))), top_k=5, api_name="/search_image")
+    r = client.predict(
+        image=handle_file(str(ui_app.image_of("juice-orange"))), top_k=5, api_name="/search_image"
+    )
     assert r["mode"] == "image"
     assert r["results"][0]["product_id"] == "juice-orange"
     assert r["results"][0]["score"] > 0.99
@@ -88,7 +90,10 @@ def test_search_combined_and_brand_filter(client, ui_app):
 
 def test_search_image_with_background_removal(client, ui_app):
     r = client.predict(
-        image=handle_file(str(ui_app.image_of("paint-red"))), top_k=3, remove_background=True, api_name="/search_image"
+        image=handle_file(str(ui_app.image_of("paint-red"))),
+        top_k=3,
+        remove_background=True,
+        api_name="/search_image",
     )
     assert r["results"]
     if ui_app.has_background_removal:
@@ -102,7 +107,10 @@ def test_more_like_this_and_recommend(client):
     assert r["mode"] == "more-like-this"
     assert "juice-orange" not in _ids(r) and len(r["results"]) == 4
     r = client.predict(
-        positive_ids=["juice-orange", "juice-banana"], negative_ids=["paint-red"], top_k=5, api_name="/recommend"
+        positive_ids=["juice-orange", "juice-banana"],
+        negative_ids=["paint-red"],
+        top_k=5,
+        api_name="/recommend",
     )
     assert r["mode"] == "recommend"
     assert not {"juice-orange", "juice-banana", "paint-red"} & set(_ids(r))
@@ -118,7 +126,10 @@ def test_html_in_catalog_text_comes_back_as_plain_text(client):
     [
         ({"text": "   ", "api_name": "/search_text"}, "text query is empty"),
         ({"text": "x", "top_k": 0, "api_name": "/search_text"}, "top_k must be between 1 and 100"),
-        ({"text": "x", "min_price": 10, "max_price": 5, "api_name": "/search_text"}, r"minimum price \(10\) is above"),
+        (
+            {"text": "x", "min_price": 10, "max_price": 5, "api_name": "/search_text"},
+            r"minimum price \(10\) is above",
+        ),
         ({"text": "x", "min_price": -1, "api_name": "/search_text"}, "cannot be negative"),
         ({"product_id": "no-such-product", "api_name": "/more_like_this"}, "not in the index"),
         ({"positive_ids": [], "api_name": "/recommend"}, "Like at least one product"),
@@ -141,10 +152,15 @@ def test_bad_photos_give_human_errors(client, ui_app, tmp_path):
     with pytest.raises(AppError, match="megapixels"):
         client.predict(image=handle_file(str(bomb)), api_name="/search_image")
     with pytest.raises(AppError, match="text part is empty"):
-        client.predict(image=handle_file(str(ui_app.image_of("paint-red"))), text="", api_name="/search_combined")
+        client.predict(
+            image=handle_file(str(ui_app.image_of("paint-red"))), text="", api_name="/search_combined"
+        )
     with pytest.raises(AppError, match="text_weight must be between 0 and 1"):
         client.predict(
-            image=handle_file(str(ui_app.image_of("paint-red"))), text="red", text_weight=2, api_name="/search_combined"
+            image=handle_file(str(ui_app.image_of("paint-red"))),
+            text="red",
+            text_weight=2,
+            api_name="/search_combined",
         )
 
 
@@ -216,7 +232,59 @@ def test_unavailable_model_is_one_line_and_exit_2(tmp_path):
 
 
 def test_unreachable_qdrant_is_one_line_and_exit_2(tmp_path):
-    done = _run_app(["--model", "test:tiny", "--qdrant-url", "http://127.0.0.1:9", "--no-auto-index"], tmp_path)
+    done = _run_app(
+        ["--model", "test:tiny", "--qdrant-url", "http://127.0.0.1:9", "--no-auto-index"], tmp_path
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "error:" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+# ---------------------------------------------------------------- UI helpers (no app needed)
+
+
+def test_cards_escape_catalog_text_and_refuse_script_links():
+    from visual_search.ui import render
+
+    card = {
+        "product_id": 'p"1',
+        "title": XSS_TITLE,
+        "price": 5,
+        "category": "<b>Juices</b>",
+        "brand": "A & B",
+        "image": "/data/img's/x y.jpg",
+        "score": 0.5,
+        "url": "javascript:alert(1)",
+    }
+    html = render.product_card(card, 1)
+    assert "<img src=x" not in html and "&lt;img src=x onerror=&quot;window.__xss=1&quot;&gt;" in html
+    assert "<b>Juices</b>" not in html and "&lt;b&gt;Juices&lt;/b&gt;" in html
+    assert 'data-pid="p&quot;1"' in html
+    assert "javascript:" not in html
+    assert 'src="gradio_api/file=/data/img%27s/x%20y.jpg"' in html
+    summary = render.summary_bar(
+        {"mode": "text", "text": "<script>x</script>", "filters_text": "category: <i>", "results": []}
+    )
+    assert "<script>" not in summary and "<i>" not in summary
+
+
+def test_filters_from_widgets():
+    from visual_search.errors import VisualSearchError
+    from visual_search.ui.app import build_filters, threshold_or_none
+
+    f = build_filters(["Juices"], None, 0, 10)
+    assert f.categories == ("Juices",) and f.min_price is None and f.max_price == 10
+    assert build_filters(None, "Acme", None, None).brands == ("Acme",)
+    with pytest.raises(VisualSearchError, match="above the maximum"):
+        build_filters(None, None, 20, 10)
+    assert threshold_or_none(0) is None and threshold_or_none(0.25) == 0.25
+
+
+def test_price_histogram_bins_in_price_order():
+    from visual_search.ui.app import default_threshold, price_histogram
+
+    frame, labels = price_histogram([3.5, 4, 12, 19.9, 31], "$")
+    assert labels[0] == "$0–5" and labels == list(frame["price range"])
+    assert int(frame["products"].sum()) == 5
+    assert default_threshold("test:tiny@random-seed0") == 0.0
+    assert default_threshold("ViT-B-32@laion2b_s34b_b79k") == pytest.approx(0.2)

@@ -218,7 +218,10 @@ def test_more_like_this_like_dislike_and_reset(page, ui_app, artifacts_dir):
 
     disliked = liked_ids[0]
     run(page, lambda: page.locator(f'{RESULTS} .vs-card[data-pid="{disliked}"] .vs-dislike').click())
-    assert page.locator(f'{RESULTS} .vs-refine .vs-x[data-action="undislike"][data-pid="{disliked}"]').count() == 1
+    assert (
+        page.locator(f'{RESULTS} .vs-refine .vs-x[data-action="undislike"][data-pid="{disliked}"]').count()
+        == 1
+    )
     refined = card_ids(page)
     assert disliked not in refined and liked not in refined
     shot(page, artifacts_dir, "desktop-like-dislike.png")
@@ -249,7 +252,9 @@ def test_crop_searches_one_region(page, ui_app, artifacts_dir):
     shot(page, artifacts_dir, "desktop-crop-tool.png")
     before = page.locator("#photo img").get_attribute("src")
     page.locator("#cropper [data-crop=apply]").click()
-    page.wait_for_function("prev => document.querySelector('#photo img')?.getAttribute('src') !== prev", arg=before)
+    page.wait_for_function(
+        "prev => document.querySelector('#photo img')?.getAttribute('src') !== prev", arg=before
+    )
     page.wait_for_function(
         "() => { const i = document.querySelector('#photo img'); return i && i.complete && i.naturalWidth > 0; }"
     )
@@ -260,6 +265,45 @@ def test_crop_searches_one_region(page, ui_app, artifacts_dir):
     assert not page.locator("#crop-box").is_visible()
     search(page)
     assert summary(page).startswith("Photo search")
+
+
+@pytest.fixture
+def image_server(ui_app):
+    """A local http server for the catalog images: the 'web' for the image-link input."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(ui_app.images))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_image_link_loads_into_the_photo_box(page, ui_app, image_server):
+    link = page.locator("#image-url textarea, #image-url input").first
+    link.fill("ftp://example.com/x.jpg")
+    page.locator("#load-url").click()
+    message = page.locator("#photo-msg .vs-error")
+    message.wait_for()
+    assert "must start with http" in message.inner_text()
+
+    link.fill(image_server + "does-not-exist.jpg")
+    page.locator("#load-url").click()
+    page.wait_for_function("() => document.querySelector('#photo-msg')?.innerText.includes('404')")
+
+    link.fill(image_server + "paint-yellow.jpg")
+    page.locator("#load-url").click()
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#photo img'); return i && i.complete && i.naturalWidth > 0; }"
+    )
+    assert not page.locator("#photo-msg").is_visible()
+    search(page)
+    assert summary(page).startswith("Photo search")
+    assert card_ids(page)[0] == "paint-yellow"
 
 
 def test_visible_errors_and_app_keeps_working(page, ui_app):
@@ -331,7 +375,9 @@ def test_catalog_tab_status_charts_audit_and_export(page, ui_app, artifacts_dir)
     page.locator("#nn-product input").press("Enter")
     page.locator("#nn-btn").click()
     page.wait_for_selector("#nn-out .vs-card")
-    assert "paint-red" not in page.locator("#nn-out .vs-card").evaluate_all("cs => cs.map(c => c.dataset.pid)")
+    assert "paint-red" not in page.locator("#nn-out .vs-card").evaluate_all(
+        "cs => cs.map(c => c.dataset.pid)"
+    )
     shot(page, artifacts_dir, "desktop-catalog.png")
 
     page.get_by_role("tab", name="Pilot analytics").click()
@@ -373,6 +419,7 @@ def test_import_catalog_with_progress_and_row_errors(page, ui_app, tmp_path, art
     assert "Imported." in text and "2 embedded" in text, text
     assert "row 4 (imp-3)" in text, text
     page.wait_for_function("() => document.querySelector('#index-status').innerText.includes('13')")
+    page.wait_for_timeout(1000)  # let the charts redraw for the screenshot
     shot(page, artifacts_dir, "desktop-import.png")
 
     page.get_by_role("tab", name="Search").click()

@@ -39,7 +39,15 @@ UI_PRODUCTS = [
     ("juice-carrot", "saleor-carrot-juice.jpg", "Carrot Juice", "Juices", "Fresh", 3.5, (230, 110, 30)),
     ("juice-green", "saleor-green-juice.jpg", XSS_TITLE, "Juices", "Fresh", 5.0, (60, 170, 60)),
     ("paint-red", "saleor-red-dwarf-red-paint.jpg", "Red Paint", "Paints", "Colorex", 12.0, (190, 20, 30)),
-    ("paint-yellow", "saleor-light-speed-yellow-paint.jpg", "Yellow Paint", "Paints", "Colorex", 12.0, (250, 210, 0)),
+    (
+        "paint-yellow",
+        "saleor-light-speed-yellow-paint.jpg",
+        "Yellow Paint",
+        "Paints",
+        "Colorex",
+        12.0,
+        (250, 210, 0),
+    ),
     ("paint-navy", "saleor-space-dust-navy-paint.jpg", "Navy Paint", "Paints", "Colorex", 14.0, (20, 30, 90)),
 ]
 

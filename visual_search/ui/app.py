@@ -195,7 +195,14 @@ def build_filters(
         raise VisualSearchError(
             f"The minimum price ({low:g}) is above the maximum ({high:g}); swap them or clear one."
         )
-    return SearchFilters(categories=as_tuple(categories), brands=as_tuple(brands), min_price=low, max_price=high)
+    return SearchFilters(
+        categories=as_tuple(categories), brands=as_tuple(brands), min_price=low, max_price=high
+    )
+
+
+def _message(html: str) -> dict[str, Any]:
+    """Update for the small message box under the photo: shown only when there is something to say."""
+    return gr.update(value=html, visible=bool(html))
 
 
 def threshold_or_none(value: Any) -> float | None:
@@ -249,7 +256,9 @@ def photo_image(value: Any) -> Image.Image | None:
     return load_image(Path(str(path)))
 
 
-def price_histogram(prices: Sequence[float], currency: str = "$", bins: int = 10) -> tuple[pd.DataFrame, list[str]]:
+def price_histogram(
+    prices: Sequence[float], currency: str = "$", bins: int = 10
+) -> tuple[pd.DataFrame, list[str]]:
     if not prices:
         return pd.DataFrame({"price range": [], "products": []}), []
     values = np.asarray(prices, dtype=float)
@@ -357,7 +366,9 @@ class SearchApp:
 
     # ------------------------------------------------------------ logging
 
-    def _log_search(self, view: dict[str, Any], text: str | None, photo: Image.Image | None, session: str | None) -> str | None:
+    def _log_search(
+        self, view: dict[str, Any], text: str | None, photo: Image.Image | None, session: str | None
+    ) -> str | None:
         if self.search_log is None:
             return None
         try:
@@ -377,12 +388,18 @@ class SearchApp:
             log.exception("could not log a search")
             return None
 
-    def _log_feedback(self, state: dict[str, Any], product_id: str, action: str, rank: int | None, session: str | None) -> None:
+    def _log_feedback(
+        self, state: dict[str, Any], product_id: str, action: str, rank: int | None, session: str | None
+    ) -> None:
         if self.search_log is None:
             return
         try:
             self.search_log.log_feedback(
-                query_id=state.get("query_id"), product_id=product_id, action=action, rank=rank or None, session=session
+                query_id=state.get("query_id"),
+                product_id=product_id,
+                action=action,
+                rank=rank or None,
+                session=session,
             )
         except Exception:  # noqa: BLE001
             log.exception("could not log feedback")
@@ -450,7 +467,13 @@ class SearchApp:
             return self._render(state, str(exc)), hidden, state
         except Exception as exc:  # noqa: BLE001 - a bug must not take the app down
             log.exception("search failed")
-            return self._render(state, f"Something went wrong on our side ({type(exc).__name__}). Please try again."), hidden, state
+            return (
+                self._render(
+                    state, f"Something went wrong on our side ({type(exc).__name__}). Please try again."
+                ),
+                hidden,
+                state,
+            )
         view = view_from_response(resp, text=text or None)
         session = getattr(request, "session_hash", None)
         new_state = {
@@ -497,7 +520,9 @@ class SearchApp:
             if action == "more":
                 self._log_feedback(state, product_id, "click", rank, session)
                 card = self._find_card(state, product_id)
-                resp = self.engine.more_like_this(product_id, filters=filters, top_k=top_k, score_threshold=thr)
+                resp = self.engine.more_like_this(
+                    product_id, filters=filters, top_k=top_k, score_threshold=thr
+                )
                 view = view_from_response(
                     resp, anchor_id=product_id, anchor_title=(card or {}).get("title") or product_id
                 )
@@ -526,12 +551,20 @@ class SearchApp:
             state["liked"], state["disliked"] = liked, disliked
             state["view"] = self._refined_view(state, filters, top_k, thr)
             if state["view"] is not state.get("base"):
-                state["query_id"] = self._log_search(state["view"], None, None, session) or state.get("query_id")
+                state["query_id"] = self._log_search(state["view"], None, None, session) or state.get(
+                    "query_id"
+                )
         except VisualSearchError as exc:
             return self._render(state, str(exc)), gr.skip(), state
         except Exception as exc:  # noqa: BLE001
             log.exception("refinement failed")
-            return self._render(state, f"Something went wrong on our side ({type(exc).__name__}). Please try again."), gr.skip(), state
+            return (
+                self._render(
+                    state, f"Something went wrong on our side ({type(exc).__name__}). Please try again."
+                ),
+                gr.skip(),
+                state,
+            )
         return self._render(state), gr.skip(), state
 
     @staticmethod
@@ -572,7 +605,11 @@ class SearchApp:
         if not positives:
             raise VisualSearchError("Like at least one product to refine the results, or press Reset.")
         resp = self.engine.recommend(
-            positives, disliked_ids, filters=filters, top_k=max(1, top_k - len(pinned)), score_threshold=threshold
+            positives,
+            disliked_ids,
+            filters=filters,
+            top_k=max(1, top_k - len(pinned)),
+            score_threshold=threshold,
         )
         view = view_from_response(resp)
         view["results"] = pinned + view["results"]
@@ -591,20 +628,31 @@ class SearchApp:
         return self._render(state), gr.skip(), state
 
     def clear(self):
-        return None, "", "", self._render(None), gr.update(visible=False, value=None), {}, gr.update(visible=False), ""
+        return (
+            None,
+            "",
+            "",
+            self._render(None),
+            gr.update(visible=False, value=None),
+            {},
+            gr.update(visible=False),
+            "",
+        )
 
     def load_url(self, url: str):
         """'Load' next to the link box: fetch the picture into the photo box (to see it, crop it)."""
         url = (url or "").strip()
         try:
             if not url:
-                raise VisualSearchError("Paste the link of a picture first (it starts with http:// or https://).")
+                raise VisualSearchError(
+                    "Paste the link of a picture first (it starts with http:// or https://)."
+                )
             if not url.lower().startswith(("http://", "https://")):
                 raise VisualSearchError("The image link must start with http:// or https://.")
             image = load_image(url)
         except VisualSearchError as exc:
-            return gr.skip(), render.error_box(str(exc))
-        return image, ""
+            return gr.skip(), _message(render.error_box(str(exc)))
+        return image, _message("")
 
     def open_crop(self, photo: Any):
         """'Crop' next to the photo: show the cropper over the current photo (preprocess=False)."""
@@ -612,31 +660,42 @@ class SearchApp:
             if photo_image(photo) is None:
                 raise VisualSearchError("Add a photo first, then crop it.")
         except VisualSearchError as exc:
-            return "", gr.update(visible=False), render.error_box(str(exc))
+            return "", gr.update(visible=False), _message(render.error_box(str(exc)))
         path = photo.get("path") if isinstance(photo, dict) else str(photo)
-        return render.cropper(path), gr.update(visible=True), ""
+        return render.cropper(path), gr.update(visible=True), _message("")
 
     def crop_action(self, photo: Any, evt: gr.EventData):
         """The cropper's buttons: 'apply' crops the photo to the box (fractions of its size)."""
         data = getattr(evt, "_data", None) or {}
         if data.get("action") != "apply":
-            return gr.skip(), gr.update(visible=False), ""
+            return gr.skip(), gr.update(visible=False), _message("")
         try:
             image = photo_image(photo)
             if image is None:
                 raise VisualSearchError("The photo is gone; add it again, then crop.")
-            box = [min(max(float(data.get(k, d)), 0.0), 1.0) for k, d in (("x0", 0), ("y0", 0), ("x1", 1), ("y1", 1))]
+            box = [
+                min(max(float(data.get(k, d)), 0.0), 1.0)
+                for k, d in (("x0", 0), ("y0", 0), ("x1", 1), ("y1", 1))
+            ]
         except (TypeError, ValueError):
-            return gr.skip(), gr.update(visible=True), render.error_box("The crop box was not understood; try again.")
+            return (
+                gr.skip(),
+                gr.update(visible=True),
+                _message(render.error_box("The crop box was not understood; try again.")),
+            )
         except VisualSearchError as exc:
-            return gr.skip(), gr.update(visible=False), render.error_box(str(exc))
+            return gr.skip(), gr.update(visible=False), _message(render.error_box(str(exc)))
         x0, x1 = sorted((box[0], box[2]))
         y0, y1 = sorted((box[1], box[3]))
         w, h = image.size
         left, top, right, bottom = round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h)
         if right - left < 8 or bottom - top < 8:
-            return gr.skip(), gr.update(visible=True), render.error_box("The crop is too small; drag a bigger box.")
-        return image.crop((left, top, right, bottom)), gr.update(visible=False), ""
+            return (
+                gr.skip(),
+                gr.update(visible=True),
+                _message(render.error_box("The crop is too small; drag a bigger box.")),
+            )
+        return image.crop((left, top, right, bottom)), gr.update(visible=False), _message("")
 
     def pick_example(self, evt: gr.EventData):
         """An example photo was tapped: it becomes the photo (text and link cleared), then search runs."""
@@ -688,7 +747,7 @@ class SearchApp:
         return (
             facet_frame(stats.categories, "category"),
             facet_frame(stats.brands, "brand"),
-            gr.BarPlot(value=prices, sort=labels or None),
+            render.histogram("Price distribution", labels, [int(n) for n in prices["products"]]),
         )
 
     def refresh_catalog(self):
@@ -749,7 +808,9 @@ class SearchApp:
             return render.error_box(str(exc))
         if not found:
             return render.notice_box("No other product in the index.")
-        return render.card_grid([card_from_result(r) for r in found], currency=self.options.currency, actions=False)
+        return render.card_grid(
+            [card_from_result(r) for r in found], currency=self.options.currency, actions=False
+        )
 
     # ------------------------------------------------------------ analytics tab
 
@@ -829,7 +890,10 @@ class SearchApp:
 
     def _api_image(self, image: str | None) -> Image.Image:
         if not image:
-            raise gr.Error("Send a photo: image=handle_file('photo.jpg') (a path or an http(s) URL).", print_exception=False)
+            raise gr.Error(
+                "Send a photo: image=handle_file('photo.jpg') (a path or an http(s) URL).",
+                print_exception=False,
+            )
         try:
             return load_image(Path(image))
         except VisualSearchError as exc:
@@ -860,7 +924,11 @@ class SearchApp:
         photo = self._api_image(image)
         return self._api_call(
             lambda: self.engine.search(
-                image=photo, filters=filters, top_k=k, score_threshold=thr, remove_background=bool(remove_background)
+                image=photo,
+                filters=filters,
+                top_k=k,
+                score_threshold=thr,
+                remove_background=bool(remove_background),
             ),
             None,
             photo,
@@ -880,7 +948,10 @@ class SearchApp:
         filters, k, thr = self._api_common(top_k, categories, brands, min_price, max_price, score_threshold)
         text = (text or "").strip()
         if not text:
-            raise gr.Error("The text query is empty; describe the product, e.g. 'red leather handbag'.", print_exception=False)
+            raise gr.Error(
+                "The text query is empty; describe the product, e.g. 'red leather handbag'.",
+                print_exception=False,
+            )
         return self._api_call(
             lambda: self.engine.search(text=text, filters=filters, top_k=k, score_threshold=thr), text
         )
@@ -902,7 +973,9 @@ class SearchApp:
         filters, k, thr = self._api_common(top_k, categories, brands, min_price, max_price, score_threshold)
         text = (text or "").strip()
         if not text:
-            raise gr.Error("The text part is empty; use /search_image for a photo alone.", print_exception=False)
+            raise gr.Error(
+                "The text part is empty; use /search_image for a photo alone.", print_exception=False
+            )
         try:
             weight = float(text_weight)
         except (TypeError, ValueError):
@@ -971,7 +1044,9 @@ class SearchApp:
 # ---------------------------------------------------------------------------- layout
 
 
-def build_ui(engine: SearchEngine, search_log: SearchLog | None = None, options: UIOptions | None = None) -> gr.Blocks:
+def build_ui(
+    engine: SearchEngine, search_log: SearchLog | None = None, options: UIOptions | None = None
+) -> gr.Blocks:
     """The whole app as one Blocks. Launch it with :func:`launch_kwargs` (theme, CSS, allowed paths)."""
     options = options or UIOptions()
     app = SearchApp(engine, search_log, options)
@@ -1011,10 +1086,14 @@ def build_ui(engine: SearchEngine, search_log: SearchLog | None = None, options:
                                 elem_id="image-url",
                             )
                             load_btn = gr.Button("Load", scale=1, min_width=64, size="md", elem_id="load-url")
-                            crop_btn = gr.Button("✂ Crop", scale=1, min_width=64, size="md", elem_id="crop-btn")
-                        photo_msg = gr.HTML("", elem_id="photo-msg")
+                            crop_btn = gr.Button(
+                                "✂ Crop", scale=1, min_width=64, size="md", elem_id="crop-btn"
+                            )
+                        photo_msg = gr.HTML("", visible=False, elem_id="photo-msg")
                         text = gr.Textbox(
-                            label="Describe it" if supports_text else "Describe it (not available: image-only model)",
+                            label="Describe it"
+                            if supports_text
+                            else "Describe it (not available: image-only model)",
                             placeholder="e.g. yellow hoodie, or with a photo: 'like this but in blue'",
                             interactive=supports_text,
                             lines=1,
@@ -1044,7 +1123,10 @@ def build_ui(engine: SearchEngine, search_log: SearchLog | None = None, options:
                                 elem_id="filter-category",
                             )
                             brands = gr.Dropdown(
-                                choices=app.brand_choices(), multiselect=True, label="Brand", elem_id="filter-brand"
+                                choices=app.brand_choices(),
+                                multiselect=True,
+                                label="Brand",
+                                elem_id="filter-brand",
                             )
                             with gr.Row():
                                 min_price = gr.Number(
@@ -1066,7 +1148,9 @@ def build_ui(engine: SearchEngine, search_log: SearchLog | None = None, options:
                             price_note = gr.HTML(
                                 f'<div class="vs-dim">{render.esc(app.price_info())} Empty or 0 = no limit.</div>'
                             )
-                            top_k = gr.Slider(1, MAX_TOP_K, value=12, step=1, label="Results (top-k)", elem_id="top-k")
+                            top_k = gr.Slider(
+                                1, MAX_TOP_K, value=12, step=1, label="Results (top-k)", elem_id="top-k"
+                            )
                             threshold = gr.Slider(
                                 0,
                                 1,
@@ -1115,22 +1199,37 @@ def build_ui(engine: SearchEngine, search_log: SearchLog | None = None, options:
             with gr.Tab("Catalog", id="catalog", elem_id="tab-catalog"):
                 with gr.Row():
                     gr.HTML('<h2 class="vs-section">Index status</h2>')
-                    refresh_btn = gr.Button("⟳ Refresh", size="sm", scale=0, min_width=100, elem_id="refresh-catalog")
+                    refresh_btn = gr.Button(
+                        "⟳ Refresh", size="sm", scale=0, min_width=100, elem_id="refresh-catalog"
+                    )
                 status = gr.HTML(app.status_html(), elem_id="index-status")
-                cat_df, brand_df, price_plot_init = app.charts()
+                cat_df, brand_df, price_df = app.charts()
                 with gr.Row(elem_id="catalog-charts"):
                     cat_plot = gr.BarPlot(
-                        cat_df, x="category", y="products", title="Products per category", sort="-y",
-                        x_label_angle=-30, height=280, min_width=280, y_lim=[0, None],
+                        cat_df,
+                        x="category",
+                        y="products",
+                        title="Products per category",
+                        sort="-y",
+                        x_label_angle=-30,
+                        height=280,
+                        min_width=280,
+                        y_lim=[0, None],
                     )
                     brand_plot = gr.BarPlot(
-                        brand_df, x="brand", y="products", title="Products per brand (top 20)", sort="-y",
-                        x_label_angle=-30, height=280, min_width=280, y_lim=[0, None],
+                        brand_df,
+                        x="brand",
+                        y="products",
+                        title="Products per brand (top 20)",
+                        sort="-y",
+                        x_label_angle=-30,
+                        height=280,
+                        min_width=280,
+                        y_lim=[0, None],
                     )
-                price_plot = gr.BarPlot(
-                    price_plot_init.value, x="price range", y="products", title="Price distribution",
-                    sort=price_plot_init.sort, x_label_angle=-30, height=260, y_lim=[0, None],
-                )
+                # HTML, not gr.BarPlot: Gradio 6.31 does not redraw a plot whose `sort` changes in an
+                # update, and price bins must stay in price order as the catalog changes.
+                price_plot = gr.HTML(price_df, elem_id="price-histogram")
                 with gr.Accordion("Import a catalog", open=True, elem_id="import"):
                     gr.Markdown(
                         "A CSV (or Parquet) with `product_id`, `image` and optional `title`, `category`, `brand`, "
@@ -1145,7 +1244,10 @@ def build_ui(engine: SearchEngine, search_log: SearchLog | None = None, options:
                             elem_id="import-csv",
                         )
                         zip_file = gr.File(
-                            label="Images (.zip, optional)", file_types=[".zip"], type="filepath", elem_id="import-zip"
+                            label="Images (.zip, optional)",
+                            file_types=[".zip"],
+                            type="filepath",
+                            elem_id="import-zip",
                         )
                     import_btn = gr.Button("Import and index", variant="primary", elem_id="import-btn")
                     import_report = gr.HTML("", elem_id="import-report")
@@ -1153,7 +1255,9 @@ def build_ui(engine: SearchEngine, search_log: SearchLog | None = None, options:
                     with gr.Tabs():
                         with gr.Tab("Near-duplicates"):
                             with gr.Row():
-                                dup_threshold = gr.Slider(0.5, 1.0, value=0.92, step=0.01, label="Similarity ≥")
+                                dup_threshold = gr.Slider(
+                                    0.5, 1.0, value=0.92, step=0.01, label="Similarity ≥"
+                                )
                                 dup_limit = gr.Slider(5, 200, value=50, step=5, label="Show at most")
                             dup_btn = gr.Button("Find near-duplicate products", elem_id="dup-btn")
                             dup_out = gr.HTML("", elem_id="dup-out")
@@ -1161,7 +1265,9 @@ def build_ui(engine: SearchEngine, search_log: SearchLog | None = None, options:
                             with gr.Row():
                                 mis_k = gr.Slider(3, 20, value=5, step=1, label="Neighbours to consult")
                                 mis_limit = gr.Slider(5, 200, value=50, step=5, label="Show at most")
-                            mis_btn = gr.Button("Find products filed in the wrong category", elem_id="mis-btn")
+                            mis_btn = gr.Button(
+                                "Find products filed in the wrong category", elem_id="mis-btn"
+                            )
                             mis_out = gr.HTML("", elem_id="mis-out")
                         with gr.Tab("Nearest neighbours"):
                             with gr.Row():
@@ -1188,7 +1294,9 @@ def build_ui(engine: SearchEngine, search_log: SearchLog | None = None, options:
                 with gr.Row():
                     analytics_refresh = gr.Button("⟳ Refresh", elem_id="analytics-refresh")
                     export_btn = gr.Button("Export CSV", variant="primary", elem_id="export-btn")
-                export_file = gr.File(label="Pilot log (CSV)", visible=False, interactive=False, elem_id="export-file")
+                export_file = gr.File(
+                    label="Pilot log (CSV)", visible=False, interactive=False, elem_id="export-file"
+                )
 
         # ================================================================ events (UI: private)
         filter_inputs = [categories, brands, min_price, max_price, top_k, threshold]
@@ -1200,7 +1308,9 @@ def build_ui(engine: SearchEngine, search_log: SearchLog | None = None, options:
 
         search_btn.click(app.search, search_inputs, search_outputs, **searching)
         text.submit(app.search, search_inputs, search_outputs, **searching)
-        results.click(app.card_action, [*filter_inputs, state], search_outputs, show_progress="minimal", **private)
+        results.click(
+            app.card_action, [*filter_inputs, state], search_outputs, show_progress="minimal", **private
+        )
         reset_btn.click(app.reset, [state], search_outputs, **private)
         clear_btn.click(
             app.clear, None, [photo, url, text, results, bg_preview, state, crop_box, photo_msg], **private
@@ -1249,8 +1359,12 @@ def _api_endpoints(app: SearchApp) -> None:
         a_text = gr.Textbox(label="text")
         a_weight = gr.Number(label="text_weight", value=0.5)
         a_top_k = gr.Number(label="top_k", value=12, precision=0)
-        a_categories = gr.Dropdown(label="categories", multiselect=True, allow_custom_value=True, choices=[], value=[])
-        a_brands = gr.Dropdown(label="brands", multiselect=True, allow_custom_value=True, choices=[], value=[])
+        a_categories = gr.Dropdown(
+            label="categories", multiselect=True, allow_custom_value=True, choices=[], value=[]
+        )
+        a_brands = gr.Dropdown(
+            label="brands", multiselect=True, allow_custom_value=True, choices=[], value=[]
+        )
         a_min = gr.Number(label="min_price", value=None)
         a_max = gr.Number(label="max_price", value=None)
         a_threshold = gr.Number(label="score_threshold", value=None)
@@ -1264,7 +1378,10 @@ def _api_endpoints(app: SearchApp) -> None:
     trigger.click(app.api_search_image, [a_image, *filters, a_bg], a_out, api_name="search_image")
     trigger.click(app.api_search_text, [a_text, *filters], a_out, api_name="search_text")
     trigger.click(
-        app.api_search_combined, [a_image, a_text, a_weight, *filters, a_bg], a_out, api_name="search_combined"
+        app.api_search_combined,
+        [a_image, a_text, a_weight, *filters, a_bg],
+        a_out,
+        api_name="search_combined",
     )
     trigger.click(app.api_more_like_this, [a_pid, *filters], a_out, api_name="more_like_this")
     trigger.click(app.api_recommend, [a_pos, a_neg, a_top_k, a_threshold], a_out, api_name="recommend")

@@ -124,11 +124,17 @@ def product_card(
         meta.append(f'<span class="vs-chip">{esc(category)}</span>')
     link = safe_link(card.get("url"))
     link_html = (
-        f'<a class="vs-link" href="{esc(link)}" target="_blank" rel="noopener noreferrer">View ↗</a>' if link else ""
+        f'<a class="vs-link" href="{esc(link)}" target="_blank" rel="noopener noreferrer">View ↗</a>'
+        if link
+        else ""
     )
     rank_attr = f' data-rank="{rank}"' if rank is not None else ""
     img = file_url(card.get("image"))
-    img_html = f'<img src="{esc(img)}" alt="{title}" loading="lazy">' if img else '<span class="vs-noimg">no image</span>'
+    img_html = (
+        f'<img src="{esc(img)}" alt="{title}" loading="lazy">'
+        if img
+        else '<span class="vs-noimg">no image</span>'
+    )
     badge_html = f'<span class="vs-badge">{esc(badge)}</span>' if badge else ""
     if actions:
         thumb = (
@@ -157,7 +163,9 @@ def product_card(
     )
 
 
-def card_grid(cards: Sequence[Mapping[str, Any]], *, currency: str = "$", actions: bool = True, pinned: int = 0) -> str:
+def card_grid(
+    cards: Sequence[Mapping[str, Any]], *, currency: str = "$", actions: bool = True, pinned: int = 0
+) -> str:
     parts = [
         product_card(
             c,
@@ -257,9 +265,13 @@ def refine_bar(liked: Sequence[Mapping[str, Any]], disliked: Sequence[Mapping[st
 
     parts = []
     if liked:
-        parts.append(f'<div class="vs-refine-row"><b class="vs-liked">{ICONS["like"]} Liked</b>{chips(liked, "unlike")}</div>')
+        parts.append(
+            f'<div class="vs-refine-row"><b class="vs-liked">{ICONS["like"]} Liked</b>{chips(liked, "unlike")}</div>'
+        )
     if disliked:
-        parts.append(f'<div class="vs-refine-row"><b class="vs-disliked">{ICONS["dislike"]} Disliked</b>{chips(disliked, "undislike")}</div>')
+        parts.append(
+            f'<div class="vs-refine-row"><b class="vs-disliked">{ICONS["dislike"]} Disliked</b>{chips(disliked, "undislike")}</div>'
+        )
     return f'<div class="vs-refine">{"".join(parts)}</div>'
 
 
@@ -313,7 +325,9 @@ def stat_tiles(items: Sequence[tuple[str, Any]]) -> str:
 
 def duplicate_table(pairs: Sequence[Any], threshold: float) -> str:
     if not pairs:
-        return notice_box(f"No pair of different products scores ≥ {threshold:.2f}. Good news, or lower the threshold.")
+        return notice_box(
+            f"No pair of different products scores ≥ {threshold:.2f}. Good news, or lower the threshold."
+        )
     rows = "".join(
         "<tr>"
         f'<td><div class="vs-pair"><img src="{esc(file_url(p.image_a))}" alt="">'
@@ -395,3 +409,18 @@ def example_strip(examples: Sequence[tuple[str, str]]) -> str:
         for i, (path, label) in enumerate(examples)
     )
     return f'<div class="vs-step">Try an example photo <span>one tap searches</span></div><div class="vs-examples">{items}</div>'
+
+
+def histogram(title: str, labels: Sequence[str], counts: Sequence[int], unit: str = "products") -> str:
+    """A small bar chart in HTML (bins stay in the given order, unlike a sorted plot)."""
+    if not counts:
+        return notice_box(f"{title}: nothing to show yet.")
+    top = max(max(counts), 1)
+    bars = "".join(
+        f'<div class="vs-bar" title="{esc(label)}: {n} {esc(unit)}">'
+        f'<span class="vs-bar-n">{n}</span>'
+        f'<span class="vs-bar-fill" style="height:{100 * n / top:.1f}%"></span>'
+        f'<span class="vs-bar-label">{esc(label)}</span></div>'
+        for label, n in zip(labels, counts, strict=True)
+    )
+    return f'<div class="vs-hist"><div class="vs-hist-title">{esc(title)}</div><div class="vs-bars">{bars}</div></div>'
