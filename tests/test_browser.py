@@ -380,6 +380,13 @@ def test_catalog_tab_status_charts_audit_and_export(page, ui_app, artifacts_dir)
     )
     shot(page, artifacts_dir, "desktop-catalog.png")
 
+    page.get_by_role("tab", name="Retrieval evaluation").click()
+    page.locator("#eval-btn").click()
+    table = page.locator("#eval-out table").first
+    table.wait_for(state="visible", timeout=120_000)
+    assert "Recall@10" in table.inner_text() or "R@10" in table.inner_text()
+    assert "SYNTHETIC" in page.locator("#eval-out").inner_text()
+
     page.get_by_role("tab", name="Pilot analytics").click()
     page.locator("#export-btn").click()
     link = page.locator("#export-file a").first

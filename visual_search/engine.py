@@ -62,7 +62,7 @@ class IndexReport:
             parts.append(f"{self.payload_updated} details updated")
         if self.removed:
             parts.append(f"{self.removed} removed")
-        parts.append(f"{len(self.issues)} problems")
+        parts.append(f"{len(self.issues)} problem" + ("" if len(self.issues) == 1 else "s"))
         return ", ".join(parts) + f" ({self.seconds:.1f} s)"
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .. import audit, importer
+from .. import audit, evaluate, importer
 from ..analytics import SearchLog
 from ..engine import SearchEngine, SearchResponse
 from ..errors import VisualSearchError
@@ -812,6 +812,21 @@ class SearchApp:
             [card_from_result(r) for r in found], currency=self.options.currency, actions=False
         )
 
+    def evaluate(self, n: float, remove_background: bool, progress=gr.Progress()) -> str:
+        """Synthetic shopper photos of indexed products, searched in the live index (the CLI's table)."""
+
+        def on_progress(done: int, total: int) -> None:
+            if total:
+                progress(done / total, desc=f"query {done} of {total}")
+
+        try:
+            report = evaluate.live_synthetic_eval(
+                self.engine, n=int(n), remove_background=bool(remove_background), progress=on_progress
+            )
+        except VisualSearchError as exc:
+            return render.error_box(str(exc))
+        return evaluate.format_markdown([report], title="Retrieval evaluation on the live index")
+
     # ------------------------------------------------------------ analytics tab
 
     def analytics_html(self) -> str:
@@ -1282,6 +1297,18 @@ def build_ui(
                                 nn_k = gr.Slider(1, 24, value=8, step=1, label="Neighbours", scale=1)
                             nn_btn = gr.Button("Show nearest neighbours", elem_id="nn-btn")
                             nn_out = gr.HTML("", elem_id="nn-out")
+                        with gr.Tab("Retrieval evaluation"):
+                            gr.Markdown(
+                                "Pastes indexed product photos on cluttered backgrounds (synthetic shopper "
+                                "photos) and checks that search finds each product: Recall@1/5/10, MRR, "
+                                "nDCG@10, per category, latency. `python -m visual_search evaluate` does "
+                                "the same from the command line, with your own query set."
+                            )
+                            with gr.Row():
+                                eval_n = gr.Slider(5, 200, value=30, step=5, label="Synthetic queries")
+                                eval_bg = gr.Checkbox(False, label="Remove the background first")
+                            eval_btn = gr.Button("Run evaluation", elem_id="eval-btn")
+                            eval_out = gr.Markdown("", elem_id="eval-out")
 
             # ============================================================ Analytics
             with gr.Tab("Pilot analytics", id="analytics", elem_id="tab-analytics"):
@@ -1342,6 +1369,7 @@ def build_ui(
         dup_btn.click(app.duplicates, [dup_threshold, dup_limit], dup_out, **private)
         mis_btn.click(app.suspects, [mis_k, mis_limit], mis_out, **private)
         nn_btn.click(app.neighbours, [product, nn_k], nn_out, **private)
+        eval_btn.click(app.evaluate, [eval_n, eval_bg], eval_out, concurrency_limit=1, **private)
         analytics_refresh.click(app.analytics_html, None, analytics, **private)
         export_btn.click(app.export_csv, None, [export_file, analytics], **private)
         demo.load(app.refresh_filters, None, filter_updates, **private)
