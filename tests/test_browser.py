@@ -235,6 +235,24 @@ def test_more_like_this_like_dislike_and_reset(page, ui_app, artifacts_dir):
     assert ("like", liked) in actions and ("dislike", disliked) in actions
 
 
+def test_dislike_only_refines_the_text_search(page, ui_app):
+    page.locator("#query-text textarea").fill("something to drink")
+    search(page)
+    first = card_ids(page)
+    assert len(first) >= 2
+    disliked = first[0]
+    run(page, lambda: page.locator(f'{RESULTS} .vs-card[data-pid="{disliked}"] .vs-dislike').click())
+    assert "Refined by your likes" in summary(page)
+    refined = card_ids(page)
+    # The text query itself is the positive example, so a dislike alone still refines.
+    assert refined and disliked not in refined
+    second = refined[0]
+    run(page, lambda: page.locator(f'{RESULTS} .vs-card[data-pid="{second}"] .vs-dislike').click())
+    assert not {disliked, second} & set(card_ids(page))
+    run(page, lambda: page.locator("#reset-btn").click())
+    assert card_ids(page) == first
+
+
 def test_crop_searches_one_region(page, ui_app, artifacts_dir):
     upload_photo(page, ui_app.image_of("juice-orange"))
     full = photo_size(page)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from visual_search.catalog import read_catalog
+from visual_search.catalog import point_id, read_catalog
 from visual_search.encoders import create_encoder
 from visual_search.engine import SearchEngine
 from visual_search.errors import ImageError, ModelMismatchError, UnsupportedQueryError, VisualSearchError
@@ -244,3 +244,46 @@ def test_text_and_combined_queries_on_a_clip_model(tiny_encoder, tmp_path: Path)
     mixed, _ = engine.embed_query(Image.open(photo).convert("RGB"), "a red mug", text_weight=0.3)
     expected = 0.7 * img_vec + 0.3 * txt_vec
     np.testing.assert_allclose(mixed, expected / np.linalg.norm(expected), atol=1e-5)
+
+
+def test_dislikes_refine_the_current_search_through_its_query_vector(tiny_encoder, tmp_path: Path) -> None:
+    csv = _small_catalog(tmp_path, n=12)
+    engine = _engine(tiny_encoder, tmp_path / "idx")
+    engine.index_catalog(csv)
+    photo = read_catalog(csv).products[0].images[0].source
+    first = engine.search(image=photo, text="a red mug", top_k=12)
+    assert first.query_vector is not None and first.query_vector.shape == (tiny_encoder.dim,)
+    disliked = first.results[0].product_id
+
+    refined = engine.recommend([], [disliked], query_vector=first.query_vector.tolist(), top_k=12)
+    assert refined.mode == "recommend"
+    ids = [r.product_id for r in refined.results]
+    assert disliked not in ids and len(ids) == 11
+
+    # Same as Qdrant's average_vector by hand: q + (q - disliked), ranked by cosine, best image per product.
+    q = first.query_vector / np.linalg.norm(first.query_vector)
+    neg = engine.store.get_vectors([point_id(disliked, 0)])[point_id(disliked, 0)]
+    manual = 2 * q - neg
+    manual /= np.linalg.norm(manual)
+    expected = sorted(
+        ((float(manual @ v), pid) for pid, v in _product_vectors(engine).items() if pid != disliked),
+        reverse=True,
+    )
+    assert ids == [pid for _, pid in expected]
+    np.testing.assert_allclose([r.score for r in refined.results], [s for s, _ in expected], atol=1e-5)
+
+    # Likes and the query vector together; the liked product itself is left out.
+    liked = ids[-1]
+    both = engine.recommend([liked], [disliked], query_vector=first.query_vector, top_k=3)
+    assert both.mode == "recommend" and not {liked, disliked} & {r.product_id for r in both.results}
+    assert engine.more_like_this(liked, top_k=3).mode == "more-like-this"
+
+    with pytest.raises(VisualSearchError, match="Like at least one product"):
+        engine.recommend([], [disliked])
+    with pytest.raises(VisualSearchError, match="dimensions"):
+        engine.recommend([], [disliked], query_vector=[1.0, 0.0])
+
+
+def _product_vectors(engine: SearchEngine) -> dict[str, np.ndarray]:
+    ids = {hit.id: str(hit.payload["product_id"]) for hit in engine.store.scroll()}
+    return {ids[i]: v for i, v in engine.store.get_vectors(list(ids)).items()}

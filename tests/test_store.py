@@ -288,6 +288,76 @@ def test_recommend_with_filters_threshold_and_unknown_ids(store: VectorStore):
     assert store.recommend([pid("never-stored")], [pid("p0")], top_k=10) == []
 
 
+def _expected_scores(query: np.ndarray, exclude: set[str]) -> dict[str, float]:
+    q = unit(query)
+    return {n: float(q @ unit(v)) for n, (v, *_rest) in CATALOG.items() if n not in exclude}
+
+
+def test_recommend_with_extra_positive_vectors(store: VectorStore):
+    # The shopper's own query vector (not normalised on purpose) as a positive example.
+    query = vec((0, 3.0), (1, 3.0))
+    q = unit(query)
+    # Dislikes only: away from p3, still near the query.
+    hits = store.recommend([], [pid("p3")], top_k=10, extra_positive=[query])
+    want = _expected_scores(2 * q - unit(CATALOG["p3"][0]), {"p3"})
+    assert set(names(hits)) == set(want)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    for h in hits:
+        assert h.score == pytest.approx(want[names([h])[0]], abs=1e-5)
+    assert names(hits)[:2] == ["p2", "p1"]  # pushed from the e0+e1 query towards e0, away from p3
+    # Ids and vectors together: mean(unit(p4), unit(query)) + (mean - unit(p3)).
+    hits = store.recommend([pid("p4")], [pid("p3")], top_k=10, extra_positive=[query])
+    avg = (unit(CATALOG["p4"][0]) + q) / 2
+    want = _expected_scores(2 * avg - unit(CATALOG["p3"][0]), {"p3", "p4"})
+    assert set(names(hits)) == set(want)
+    for h in hits:
+        assert h.score == pytest.approx(want[names([h])[0]], abs=1e-5)
+    # Unknown example ids are ignored; the vector alone still recommends (and filters apply).
+    hits = store.recommend(
+        [pid("never-stored")],
+        [],
+        top_k=10,
+        filters=SearchFilters(categories=("bags",)),
+        extra_positive=[query],
+    )
+    assert names(hits) == ["p2", "p3", "p7"]
+    assert store.recommend([], [pid("p3")], top_k=10) == []
+    with pytest.raises(ValueError, match="dimensions"):
+        store.recommend([], [], top_k=10, extra_positive=[np.ones(DIM + 1, dtype=np.float32)])
+
+
+def test_recommend_with_extra_positive_is_identical_on_both_backends(tmp_path: Path):
+    rng = np.random.default_rng(7)
+    edge = EdgeStore(tmp_path / "edge")
+    remote = RemoteStore(client=QdrantClient(":memory:"), collection="products_test")
+    try:
+        for s in (edge, remote):
+            s.ensure_collection(DIM, MODEL, keyword_fields=("color",))
+            s.upsert(points())
+            s.optimize()
+        cases = [
+            ([], ["p3"], 1),
+            ([], ["p3", "p6"], 2),
+            (["p4"], ["p1"], 1),
+            (["p0", "p5"], [], 2),
+            (["never-stored"], ["p2"], 1),
+        ]
+        for pos, neg, n_extra in cases:
+            extra = [rng.normal(size=DIM).astype(np.float32) * 4 for _ in range(n_extra)]
+            got = [
+                s.recommend([pid(n) for n in pos], [pid(n) for n in neg], top_k=10, extra_positive=extra)
+                for s in (edge, remote)
+            ]
+            assert names(got[0]) == names(got[1]), (pos, neg)
+            assert not {*pos, *neg} & set(names(got[0]))
+            for a, b in zip(*got, strict=True):
+                assert a.score == pytest.approx(b.score, abs=1e-5)
+                assert a.payload == b.payload
+    finally:
+        edge.close()
+        remote.close()
+
+
 def test_model_mismatch_and_persistence(opener):
     first = opener()
     first.ensure_collection(DIM, MODEL, keyword_fields=("color",))

@@ -81,6 +81,9 @@ class SearchResponse:
     embed_ms: float = 0.0
     search_ms: float = 0.0
     total_ms: float = 0.0
+    # The photo/text query's embedding (search() only): pass it to recommend(query_vector=...) to
+    # refine this search with likes and dislikes.
+    query_vector: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,7 @@ class SearchEngine:
             embed_ms=embed_ms,
             search_ms=(time.perf_counter() - search_start) * 1000,
             total_ms=(time.perf_counter() - started) * 1000,
+            query_vector=vector,
         )
 
     def search_by_image(self, image: Image.Image | str | Path | bytes, **kwargs: Any) -> SearchResponse:
@@ -310,26 +314,44 @@ class SearchEngine:
         positive: Sequence[str],
         negative: Sequence[str] = (),
         *,
+        query_vector: np.ndarray | Sequence[float] | None = None,
         filters: SearchFilters | None = None,
         top_k: int = 12,
         score_threshold: float | None = None,
     ) -> SearchResponse:
-        """Qdrant recommend: towards liked products, away from disliked ones (product ids)."""
+        """Qdrant recommend: towards liked products, away from disliked ones (product ids).
+
+        ``query_vector`` (a SearchResponse.query_vector) refines that search: it is one more
+        positive example, so dislikes alone mean "away from these, still near my query".
+        """
         started = time.perf_counter()
         filters = filters or SearchFilters()
-        if not positive:
+        extra: list[np.ndarray] = []
+        if query_vector is not None:
+            extra = [np.asarray(query_vector, dtype=np.float32).reshape(-1)]
+            if extra[0].shape[0] != self.encoder.dim:
+                raise VisualSearchError(
+                    f"The query vector has {extra[0].shape[0]} dimensions; model {self.encoder.model_id} "
+                    f"makes {self.encoder.dim}. Search again."
+                )
+            if not np.isfinite(extra[0]).all() or not extra[0].any():
+                raise VisualSearchError("The query vector is empty or invalid; search again.")
+        if not positive and not extra:
             raise VisualSearchError("Like at least one product to get recommendations.")
         pos_points = self._point_ids(positive)
         neg_points = self._point_ids(negative)
         results = self._grouped(
-            lambda limit: self.store.recommend(pos_points, neg_points, limit, filters, score_threshold),
+            lambda limit: self.store.recommend(
+                pos_points, neg_points, limit, filters, score_threshold, extra_positive=extra
+            ),
             top_k,
             exclude=set(positive) | set(negative),
         )
         elapsed = (time.perf_counter() - started) * 1000
+        more_like_this = len(positive) == 1 and not negative and not extra
         return SearchResponse(
             results=results,
-            mode="more-like-this" if len(positive) == 1 and not negative else "recommend",
+            mode="more-like-this" if more_like_this else "recommend",
             filters=filters,
             top_k=top_k,
             score_threshold=score_threshold,

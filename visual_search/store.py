@@ -127,12 +127,16 @@ class VectorStore(ABC):
         top_k: int,
         filters: SearchFilters | None = None,
         score_threshold: float | None = None,
+        *,
+        extra_positive: Sequence[np.ndarray] = (),
     ) -> list[Hit]:
         """Qdrant recommend (average_vector strategy); the example points themselves are excluded.
 
         The query is ``mean(pos) + (mean(pos) - mean(neg))`` (just ``mean(pos)`` without
-        negatives), searched by cosine. Example ids that are not stored are ignored; with no
-        stored positive example the result is empty.
+        negatives), searched by cosine. ``pos`` is the stored positive examples plus the raw
+        vectors in ``extra_positive`` (e.g. the shopper's own query vector), each L2-normalised
+        first like stored vectors are. Example ids that are not stored are ignored; with no
+        stored positive example and no extra positive the result is empty.
         """
 
     @abstractmethod
@@ -312,6 +316,18 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
 def _batches(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(seq), size):
         yield seq[start : start + size]
+
+
+def _extra_vectors(vectors: Sequence[np.ndarray], dim: int | None) -> list[np.ndarray]:
+    """Raw example vectors, checked and L2-normalised like the stored (cosine) ones."""
+    out = []
+    for v in vectors:
+        arr = _as_vector(v, dim)
+        norm = float(np.linalg.norm(arr))
+        if not math.isfinite(norm) or norm == 0.0:
+            raise ValueError("An example vector must be finite and non-zero")
+        out.append((arr / norm).astype(np.float32))
+    return out
 
 
 def _average_vector_query(positives: Sequence[np.ndarray], negatives: Sequence[np.ndarray]) -> np.ndarray:
@@ -648,14 +664,18 @@ class EdgeStore(VectorStore):
         top_k: int,
         filters: SearchFilters | None = None,
         score_threshold: float | None = None,
+        *,
+        extra_positive: Sequence[np.ndarray] = (),
     ) -> list[Hit]:
         # qdrant-edge 0.9 recommends from vectors, not ids, and only best_score/sum_scores:
         # fetch the examples and apply average_vector ourselves, excluding them like Qdrant does.
+        extra = _extra_vectors(extra_positive, self.dim)
         with self._reading() as shard:
             if top_k <= 0 or shard is None:
                 return []
-            vectors = self._vectors(shard, [*positive_ids, *negative_ids])
-            positives = [vectors[i] for i in map(str, positive_ids) if i in vectors]
+            examples = [*positive_ids, *negative_ids]
+            vectors = self._vectors(shard, examples) if examples else {}
+            positives = [vectors[i] for i in map(str, positive_ids) if i in vectors] + extra
             negatives = [vectors[i] for i in map(str, negative_ids) if i in vectors]
             if not positives:
                 return []
@@ -977,6 +997,8 @@ class RemoteStore(VectorStore):
         top_k: int,
         filters: SearchFilters | None = None,
         score_threshold: float | None = None,
+        *,
+        extra_positive: Sequence[np.ndarray] = (),
     ) -> list[Hit]:
         qm = self._qm
         if top_k <= 0:
@@ -984,16 +1006,22 @@ class RemoteStore(VectorStore):
         with self._errors():
             if not self._exists():
                 return []
+            extra = [v.tolist() for v in _extra_vectors(extra_positive, self.dim)]
             # Qdrant rejects unknown example ids; ignore them instead (same as EdgeStore).
             wanted = [str(i) for i in (*positive_ids, *negative_ids)]
-            found = {str(r.id) for r in self._client.retrieve(self.collection, wanted, with_payload=False)}
-            positives = [i for i in map(str, positive_ids) if i in found]
+            found = (
+                {str(r.id) for r in self._client.retrieve(self.collection, wanted, with_payload=False)}
+                if wanted
+                else set()
+            )
+            positives: list[Any] = [i for i in map(str, positive_ids) if i in found]
             negatives = [i for i in map(str, negative_ids) if i in found]
-            if not positives:
+            if not positives and not extra:
                 return []
             query = qm.RecommendQuery(
                 recommend=qm.RecommendInput(
-                    positive=positives,
+                    # raw vectors mix with ids; Qdrant averages them all (average_vector)
+                    positive=positives + extra,
                     negative=negatives or None,
                     strategy=qm.RecommendStrategy.AVERAGE_VECTOR,
                 )

@@ -5,7 +5,8 @@ merchandiser (filters, scores, Catalog tab with status, charts, import and audit
 phone (camera capture, single column, large touch targets).
 
 The UI talks to the engine only (never Qdrant or torch). Per-browser-session state is a plain dict
-in ``gr.State``: the last search (for reset), the current view, liked and disliked products.
+in ``gr.State``: the last search (for reset), its query vector (a list of floats, so likes and
+dislikes refine that search), the current view, liked and disliked products.
 """
 
 from __future__ import annotations
@@ -236,7 +237,6 @@ def view_from_response(resp: SearchResponse, **extra: Any) -> dict[str, Any]:
         "embed_ms": resp.embed_ms,
         "search_ms": resp.search_ms,
         "total_ms": resp.total_ms,
-        "pinned": 0,
     }
     view.update(extra)
     return view
@@ -482,6 +482,8 @@ class SearchApp:
             "view": view,
             "liked": [],
             "disliked": [],
+            # plain floats: the state stays JSON-able and free of numpy/torch types
+            "query_vector": None if resp.query_vector is None else [float(x) for x in resp.query_vector],
         }
         preview = hidden
         if resp.background is not None:
@@ -583,9 +585,9 @@ class SearchApp:
     ) -> dict[str, Any]:
         """Qdrant recommend: liked products are positive examples, disliked ones negative.
 
-        The engine recommends from product ids only, so the original query stands in as follows:
-        after 'more like this' its product is a positive example; after a photo/text search with
-        dislikes only, the best remaining match is the positive example and stays pinned first.
+        The current search stays in: after a photo/text search its query vector is one more
+        positive example (so dislikes alone mean "away from these, still near my query"); after
+        'more like this' its product is.
         """
         base = state["base"]
         liked_ids = [c["product_id"] for c in state["liked"]]
@@ -593,27 +595,20 @@ class SearchApp:
         if not liked_ids and not disliked_ids:
             return base
         positives = list(liked_ids)
-        pinned: list[dict[str, Any]] = []
         if base.get("anchor_id") and base["anchor_id"] not in disliked_ids:
             positives.insert(0, base["anchor_id"])
-        elif not positives:
-            anchor = next((c for c in base["results"] if c["product_id"] not in disliked_ids), None)
-            if anchor is None:
-                raise VisualSearchError("You disliked every result; like one, or press Reset to start over.")
-            positives = [anchor["product_id"]]
-            pinned = [anchor]
-        if not positives:
+        query_vector = state.get("query_vector") or None
+        if not positives and query_vector is None:
             raise VisualSearchError("Like at least one product to refine the results, or press Reset.")
         resp = self.engine.recommend(
             positives,
             disliked_ids,
+            query_vector=query_vector,
             filters=filters,
-            top_k=max(1, top_k - len(pinned)),
+            top_k=top_k,
             score_threshold=threshold,
         )
         view = view_from_response(resp)
-        view["results"] = pinned + view["results"]
-        view["pinned"] = len(pinned)
         view["mode"] = "recommend"
         view["text"] = base.get("text")
         view["anchor_title"] = base.get("anchor_title")

@@ -99,8 +99,6 @@ def product_card(
     *,
     currency: str = "$",
     actions: bool = True,
-    state: str = "",
-    badge: str = "",
 ) -> str:
     """One product: image, title, price, category, brand, score and (optionally) action buttons."""
     pid = esc(card.get("product_id"))
@@ -135,11 +133,10 @@ def product_card(
         if img
         else '<span class="vs-noimg">no image</span>'
     )
-    badge_html = f'<span class="vs-badge">{esc(badge)}</span>' if badge else ""
     if actions:
         thumb = (
             f'<div class="vs-thumb"><button class="vs-thumb-btn" data-action="more" data-pid="{pid}"{rank_attr} '
-            f'title="More like this" aria-label="More like {title}">{img_html}</button>{badge_html}'
+            f'title="More like this" aria-label="More like {title}">{img_html}</button>'
             f'<div class="vs-vote">'
             f'<button class="vs-like" data-action="like" data-pid="{pid}"{rank_attr} '
             f'title="Like: show more like this" aria-label="Like {title}">{ICONS["like"]}</button>'
@@ -152,31 +149,19 @@ def product_card(
             f"{ICONS['search']}More like this</button>"
         )
     else:
-        thumb = f'<div class="vs-thumb">{img_html}{badge_html}</div>'
+        thumb = f'<div class="vs-thumb">{img_html}</div>'
         buttons = ""
     rank_html = f'<span class="vs-rank">#{rank}</span>' if rank is not None else ""
     brand_html = f'<div class="vs-brand">{esc(brand)}</div>' if brand else ""
     return (
-        f'<article class="vs-card {esc(state)}" data-pid="{pid}">{thumb}'
+        f'<article class="vs-card" data-pid="{pid}">{thumb}'
         f'<div class="vs-body">{rank_html}<h3 class="vs-title" title="{title}">{title}</h3>{brand_html}'
         f'<div class="vs-meta">{"".join(meta)}</div>{score_html}{link_html}{buttons}</div></article>'
     )
 
 
-def card_grid(
-    cards: Sequence[Mapping[str, Any]], *, currency: str = "$", actions: bool = True, pinned: int = 0
-) -> str:
-    parts = [
-        product_card(
-            c,
-            i + 1,
-            currency=currency,
-            actions=actions,
-            badge="best match" if i < pinned else "",
-            state="vs-pinned" if i < pinned else "",
-        )
-        for i, c in enumerate(cards)
-    ]
+def card_grid(cards: Sequence[Mapping[str, Any]], *, currency: str = "$", actions: bool = True) -> str:
+    parts = [product_card(c, i + 1, currency=currency, actions=actions) for i, c in enumerate(cards)]
     return f'<div class="vs-grid">{"".join(parts)}</div>'
 
 
@@ -296,7 +281,7 @@ def results_view(
     parts.append(refine_bar(liked, disliked))
     results = view.get("results") or []
     if results:
-        parts.append(card_grid(results, currency=currency, pinned=int(view.get("pinned") or 0)))
+        parts.append(card_grid(results, currency=currency))
     else:
         parts.append(empty_results(view.get("filters_text") or "", view.get("threshold")))
     return f'<div class="vs-results">{"".join(parts)}</div>'
