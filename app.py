@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also keep query photos in the pilot log (off: photos are never stored)",
     )
     g.add_argument("--currency", default="$", help="currency symbol shown with prices (default $)")
+    g.add_argument(
+        "--allow-private-image-links",
+        action="store_true",
+        help="let the image-link box fetch from loopback/private addresses (off: only public hosts)",
+    )
     add_settings_arguments(parser)
     return parser
 
@@ -137,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     search_log = SearchLog(analytics_dir / "search_log.jsonl", store_photos=args.log_photos)
     if args.log_photos:
         print(f"Pilot log: query photos ARE stored under {search_log.photos_dir}", flush=True)
-    options = UIOptions(import_root=data_dir / "imports", currency=args.currency, log_photos=args.log_photos)
+    options = UIOptions(
+        import_root=data_dir / "imports",
+        currency=args.currency,
+        log_photos=args.log_photos,
+        allow_private_links=args.allow_private_image_links,
+    )
     demo = build_ui(engine, search_log, options)
     blocked = [analytics_dir]
     location = engine.store.info().location

@@ -288,3 +288,28 @@ def test_price_histogram_bins_in_price_order():
     assert int(frame["products"].sum()) == 5
     assert default_threshold("test:tiny@random-seed0") == 0.0
     assert default_threshold("ViT-B-32@laion2b_s34b_b79k") == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/x.jpg",
+        "http://localhost/x.jpg",
+        "http://10.1.2.3/x.jpg",
+        "http://192.168.0.10/x.jpg",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/x.jpg",
+    ],
+)
+def test_image_links_to_private_addresses_are_refused(url):
+    from visual_search.errors import VisualSearchError
+    from visual_search.ui.app import check_public_url
+
+    with pytest.raises(VisualSearchError, match="local or private address"):
+        check_public_url(url)
+
+
+def test_public_image_links_pass_the_address_check():
+    from visual_search.ui.app import check_public_url
+
+    check_public_url("http://93.184.215.14/x.jpg")  # a literal public address: no DNS needed

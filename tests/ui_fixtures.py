@@ -175,6 +175,7 @@ def ui_app(u2net_home: Path, tmp_path_factory: pytest.TempPathFactory):
                 "2",
                 "--max-upload-mb",
                 "5",
+                "--allow-private-image-links",  # the link test serves its picture on loopback
             ],
             cwd=root,
             env=app_env(u2net),

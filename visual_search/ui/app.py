@@ -11,8 +11,11 @@ dislikes refine that search), the current view, liked and disliked products.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import tempfile
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -140,12 +143,31 @@ class UIOptions:
     text_examples: Sequence[str] = DEFAULT_TEXT_EXAMPLES
     threshold: float | None = None  # default: default_threshold(model)
     log_photos: bool = False
+    allow_private_links: bool = False  # the image-link box must not become a probe of our own network
     title: str = TITLE
     tagline: str = TAGLINE
     extra_notes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------- plain helpers
+
+
+def check_public_url(url: str) -> None:
+    """Refuse links to loopback, private, link-local or reserved addresses (server-side request forgery)."""
+    host = urllib.parse.urlsplit(url).hostname
+    if not host:
+        raise VisualSearchError("That image link has no host name.")
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        raise VisualSearchError(f"Cannot find the host {host!r} of that image link.") from None
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not ip.is_global:
+            raise VisualSearchError(
+                f"The image link points at a local or private address ({host}); only public links are "
+                "fetched. Download the picture and upload it instead."
+            )
 
 
 def card_from_result(result: Any) -> dict[str, Any]:
@@ -644,6 +666,8 @@ class SearchApp:
                 )
             if not url.lower().startswith(("http://", "https://")):
                 raise VisualSearchError("The image link must start with http:// or https://.")
+            if not self.options.allow_private_links:
+                check_public_url(url)
             image = load_image(url)
         except VisualSearchError as exc:
             return gr.skip(), _message(render.error_box(str(exc)))
