@@ -29,7 +29,8 @@ TIMEOUT_MS = 30_000
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api  # requirements-dev.txt; imported here so collection stays cheap
+
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         pytest.fail("Chromium is not installed: apt-get install -y chromium")
     with sync_api.sync_playwright() as p:

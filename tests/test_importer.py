@@ -203,7 +203,7 @@ def test_csv_without_zip_keeps_urls_and_absolute_paths(upload: Path, tmp_path: P
 
 
 def test_import_catalog_end_to_end(upload: Path, tmp_path: Path) -> None:
-    encoders = pytest.importorskip("visual_search.encoders")
+    from visual_search import encoders
     from visual_search.engine import SearchEngine
     from visual_search.store import open_store
 
