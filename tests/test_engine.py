@@ -235,7 +235,7 @@ def test_text_and_combined_queries_on_a_clip_model(tiny_encoder, tmp_path: Path)
     engine = _engine(tiny_encoder, tmp_path / "idx")
     engine.index_catalog(csv)
     photo = read_catalog(csv).products[0].images[0].source
-    text_only = engine.search(text="a red mug", top_k=3)
+    text_only = engine.search_by_text("a red mug", top_k=3)
     both = engine.search(image=photo, text="a red mug", text_weight=0.3, top_k=3)
     image_only = engine.search(image=photo, top_k=3)
     assert (text_only.mode, both.mode, image_only.mode) == ("text", "image+text", "image")

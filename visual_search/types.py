@@ -38,15 +38,6 @@ class SearchFilters:
     max_price: float | None = None
     attributes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def is_empty(self) -> bool:
-        return not (
-            self.categories
-            or self.brands
-            or self.min_price is not None
-            or self.max_price is not None
-            or any(self.attributes.values())
-        )
-
     def describe(self) -> str:
         """One line for people: what was applied."""
         parts: list[str] = []
