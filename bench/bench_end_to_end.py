@@ -322,7 +322,7 @@ def report(
         "clock of each run swings with other people's load (see the per-run columns), the CPU time much less.",
         "",
         f"Where one instrumented index_catalog run spends its {idx['profile_wall']:.2f} s "
-        "(summed time per call site; decoding runs on 2 prefetch threads, overlapping embedding):",
+        "(summed time per call site; decoding runs on the engine's prefetch threads, overlapping embedding):",
         "",
         "| phase | seconds | calls | share of wall |",
         "|---|---:|---:|---:|",
