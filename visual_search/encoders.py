@@ -138,17 +138,9 @@ class Encoder(ABC):
         """RGB PIL images -> L2-normalised float32 array (len(images), dim)."""
         if isinstance(images, Image.Image):
             raise TypeError("embed_images takes a list of images, not a single image")
-        images = list(images)
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        chunks = []
-        with torch.inference_mode(), self._autocast():
-            for start in range(0, len(images), batch_size):
-                pixels = self._preprocess_batch(images[start : start + batch_size])
-                chunks.append(self._finish(self._encode_image_batch(pixels)))
-        return np.concatenate(chunks, axis=0)
+        return self._batched(
+            list(images), batch_size, lambda batch: self._encode_image_batch(self._preprocess_batch(batch))
+        )
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Strings -> L2-normalised float32 array (len(texts), dim). Image-only models raise
@@ -157,18 +149,21 @@ class Encoder(ABC):
             raise self._text_unsupported()
         if isinstance(texts, str):
             raise TypeError("embed_texts takes a list of strings, not a single string")
-        texts = [str(t) for t in texts]
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        chunks = []
-        with torch.inference_mode(), self._autocast():
-            for start in range(0, len(texts), batch_size):
-                chunks.append(self._finish(self._encode_text_batch(texts[start : start + batch_size])))
-        return np.concatenate(chunks, axis=0)
+        return self._batched([str(t) for t in texts], batch_size, self._encode_text_batch)
 
     # -- helpers --------------------------------------------------------------------------------------
+    def _batched(self, items: list, batch_size: int, encode: Callable[[list], torch.Tensor]) -> np.ndarray:
+        """Encode in batches under inference mode (and autocast on CUDA); normalised float32 rows."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with torch.inference_mode(), self._autocast():
+            chunks = [
+                self._finish(encode(items[i : i + batch_size])) for i in range(0, len(items), batch_size)
+            ]
+        return np.concatenate(chunks, axis=0)
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if uses_half_precision(self.device):
             return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.float16)
