@@ -140,7 +140,7 @@ class SearchEngine:
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
             to_embed: list[tuple[CatalogImage, str]] = []
-            payload_only: list[tuple[CatalogImage, str]] = []
+            payload_only: list[tuple[CatalogImage, dict[str, Any]]] = []
             unchanged = 0
             with ThreadPoolExecutor(max_workers=IO_WORKERS) as pool:
                 digests = list(pool.map(_digest, (image.source for image in catalog.images)))
@@ -151,8 +151,8 @@ class SearchEngine:
                 stored = existing.get(image.point_id)
                 if stored is None or stored.get(IMAGE_HASH) != digest:
                     to_embed.append((image, digest))
-                elif _details(stored) != _details(self._payload(products, image, digest, now)):
-                    payload_only.append((image, digest))
+                elif _details(stored) != _details(payload := self._payload(products, image, digest, now)):
+                    payload_only.append((image, payload))
                 else:
                     unchanged += 1
 
@@ -160,10 +160,8 @@ class SearchEngine:
                 vectors = self.store.get_vectors([img.point_id for img, _ in payload_only])
                 self.store.upsert(
                     [
-                        IndexPoint(
-                            img.point_id, vectors[img.point_id], self._payload(products, img, digest, now)
-                        )
-                        for img, digest in payload_only
+                        IndexPoint(img.point_id, vectors[img.point_id], payload)
+                        for img, payload in payload_only
                         if img.point_id in vectors
                     ]
                 )
