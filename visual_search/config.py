@@ -9,6 +9,7 @@ from pathlib import Path
 
 DEFAULT_MODEL = "ViT-B-32@laion2b_s34b_b79k"
 DEFAULT_BG_MODEL = "u2netp"
+DEFAULT_LOG_DAYS = 30  # pilot analytics retention (events, query photos, exports)
 SAMPLE_CATALOG = Path(__file__).resolve().parent.parent / "sample_catalog" / "catalog.csv"
 
 
@@ -21,6 +22,7 @@ class Settings:
     qdrant_api_key: str | None = None
     collection: str = "products"
     bg_model: str = DEFAULT_BG_MODEL
+    log_days: int = DEFAULT_LOG_DAYS  # 0 keeps the analytics log forever
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -33,6 +35,7 @@ class Settings:
             qdrant_api_key=env.get("QDRANT_API_KEY") or None,
             collection=env.get("VS_COLLECTION", "products"),
             bg_model=env.get("VS_BG_MODEL", DEFAULT_BG_MODEL),
+            log_days=_log_days(env.get("VS_LOG_DAYS")),
         )
 
     @classmethod
@@ -46,7 +49,39 @@ class Settings:
             qdrant_api_key=args.qdrant_api_key or base.qdrant_api_key,
             collection=args.collection or base.collection,
             bg_model=args.bg_model or base.bg_model,
+            log_days=base.log_days if getattr(args, "log_days", None) is None else args.log_days,
         )
+
+
+def _log_days(value: str | None) -> int:
+    """VS_LOG_DAYS as days (default when unset); a bad value is an error, not a silent forever."""
+    if value is None or not value.strip():
+        return DEFAULT_LOG_DAYS
+    days = int(value)  # ValueError names the bad text
+    if days < 0:
+        raise ValueError(f"VS_LOG_DAYS must be 0 or more days, got {days}")
+    return days
+
+
+def _days(value: str) -> int:
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of days, got {value!r}") from None
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"0 or more days, got {days}")
+    return days
+
+
+def add_log_days_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--log-days N`` for the app: pilot analytics retention (pass Settings.log_days to
+    ``SearchLog(retention_days=...)``)."""
+    parser.add_argument(
+        "--log-days",
+        type=_days,
+        help=f"delete pilot analytics events, query photos and exports older than N days, at start and "
+        f"daily (VS_LOG_DAYS; default {DEFAULT_LOG_DAYS}; 0 keeps them forever)",
+    )
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
