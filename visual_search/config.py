@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +55,14 @@ class Settings:
 
 
 def _log_days(value: str | None) -> int:
-    """VS_LOG_DAYS as days (default when unset); a bad value is an error, not a silent forever."""
-    if value is None or not value.strip():
-        return DEFAULT_LOG_DAYS
-    days = int(value)  # ValueError names the bad text
+    """VS_LOG_DAYS as days; unset or unreadable gives the default (never 'forever' by accident)."""
+    try:
+        days = int(value) if value and value.strip() else DEFAULT_LOG_DAYS
+    except ValueError:
+        days = -1
     if days < 0:
-        raise ValueError(f"VS_LOG_DAYS must be 0 or more days, got {days}")
+        warnings.warn(f"VS_LOG_DAYS={value!r} is not 0 or more days; using {DEFAULT_LOG_DAYS}", stacklevel=2)
+        return DEFAULT_LOG_DAYS
     return days
 
 
