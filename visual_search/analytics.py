@@ -302,7 +302,9 @@ class SearchLog:
         rows = [{k: escape_csv_cell(v) for k, v in _csv_row(r).items()} for r in self.records()]
         frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS), dtype=object)  # keeps 3 as 3, not 3.0
         out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out, index=False)
+        # CRLF rows (RFC 4180): the csv module then quotes any cell holding a CR or LF, so a query text
+        # with a bare CR cannot split a row in two.
+        frame.to_csv(out, index=False, lineterminator="\r\n")
         return out
 
     def summary(self) -> dict[str, Any]:
