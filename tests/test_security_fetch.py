@@ -436,6 +436,26 @@ def test_full_download_pool_refuses_at_once(servers: dict[str, Server]) -> None:
         configure_pool()
 
 
+def test_time_spent_queued_counts_against_the_deadline(servers: dict[str, Server]) -> None:
+    a = servers["a"]
+    configure_pool(workers=1, queued=1)
+    try:
+        holder = threading.Thread(
+            target=lambda: pytest.raises(FetchError, fetch, f"{a.base}/drip", loopback_policy(timeout_s=1.0))
+        )
+        holder.start()
+        for _ in range(200):
+            if a.hits:
+                break
+            time.sleep(0.01)
+        with pytest.raises(FetchError, match="took longer than 0.5 seconds"):
+            fetch(f"{a.base}/img.png", loopback_policy(timeout_s=0.5))  # waits behind the drip
+        holder.join()
+        assert [h[0] for h in a.hits] == ["/drip"]  # its deadline passed in the queue: never sent
+    finally:
+        configure_pool()
+
+
 def test_messages_name_no_internals(servers: dict[str, Server]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

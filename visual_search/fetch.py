@@ -332,19 +332,22 @@ def fetch(url: str, policy: FetchPolicy | None = None) -> FetchedImage:
     if not slots.acquire(blocking=False):
         raise FetchError("Too many image links are being downloaded right now; try again in a moment.")
     try:
-        future = _executor().submit(_fetch_now, url, policy)
+        # The deadline starts now: time spent queued behind other links counts against it.
+        deadline = time.monotonic() + policy.timeout_s
+        future = _executor().submit(_fetch_now, url, policy, deadline)
         return future.result()
     finally:
         slots.release()
 
 
-def _fetch_now(url: str, policy: FetchPolicy) -> FetchedImage:
+def _fetch_now(url: str, policy: FetchPolicy, deadline: float) -> FetchedImage:
     label = _short(url.strip())
-    deadline = time.monotonic() + policy.timeout_s
-    watchdog = _Watchdog(policy.timeout_s)
+    watchdog = _Watchdog(deadline - time.monotonic())
     try:
         current = url.strip()
         for hop in range(policy.max_redirects + 1):
+            if time.monotonic() >= deadline:
+                raise _too_slow(label, policy)
             target = check_url(current, policy)
             response, conn, sock = _request(target, deadline, watchdog, label, policy)
             try:
