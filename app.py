@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.concurrency < 1:
         return fail("--concurrency must be at least 1.")
     settings = Settings.from_args(args)
+    from visual_search.fetch import FetchPolicy, set_default_policy
+
+    set_default_policy(FetchPolicy(allow_private=args.allow_private_image_links))  # every URL the app opens
 
     from visual_search.engine import SearchEngine
 

@@ -15,6 +15,7 @@ from .config import Settings, add_settings_arguments
 from .engine import SearchEngine, SearchResponse, check_query_options
 from .errors import VisualSearchError
 from .evaluate import add_evaluate_parser
+from .fetch import FetchPolicy, set_default_policy
 from .finetune import add_finetune_parser
 from .images import load_image
 from .types import SearchFilters
@@ -199,6 +200,8 @@ def _response_json(response: SearchResponse) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The operator runs the CLI: catalog and query links may point at LAN or local hosts.
+    set_default_policy(FetchPolicy(allow_private=True))
     try:
         return COMMANDS[args.command](args, Settings.from_args(args))
     except VisualSearchError as exc:
