@@ -268,6 +268,19 @@ def test_odd_spellings_of_private_addresses_are_refused_without_lookup(
     assert no_connections == []
 
 
+def test_load_image_without_a_policy_is_guarded_by_the_default(no_connections: list) -> None:
+    """What the UI's link box and API call: load_image(url) with no policy at all."""
+    assert fetch_module.default_policy() == FetchPolicy()  # nobody loosened it for this process
+    for url in (
+        "http://127.0.0.1:9/x.jpg",
+        "http://[::ffff:169.254.169.254]/latest",
+        "http://0x0a000001/x.jpg",
+    ):
+        with pytest.raises(ImageError, match="local or private address"):
+            load_image(url)
+    assert no_connections == []
+
+
 def test_localhost_by_name_is_refused(no_connections: list) -> None:
     with pytest.raises(FetchError, match="local or private address"):
         fetch("http://localhost:9/x.jpg", FetchPolicy())
@@ -302,6 +315,8 @@ def test_public_address_passes_the_check_and_is_pinned() -> None:
         "93.184.215.14",
     )
     assert check_url("http://93.184.215.14/x.jpg").ip == "93.184.215.14"  # a literal: no DNS needed
+    odd = check_url("http://93.184.215.14/a b/é.jpg?q=a b&r=%20", FetchPolicy())
+    assert odd.path == "/a%20b/%C3%A9.jpg?q=a%20b&r=%20"
 
 
 def test_allow_private_lets_lan_hosts_through_but_not_unspecified_or_multicast() -> None:

@@ -62,6 +62,7 @@ _IMAGE_MAGIC = (
     b"MM\x00*",
 )
 _DOWNLOADABLE_TYPES = {"application/octet-stream", "binary/octet-stream"}
+_URL_SAFE = "/%:@!$&'()*+,;=-._~"
 _NUMERIC_HOST = re.compile(r"^[0-9a-fA-FxX.]+$")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -240,9 +241,10 @@ def check_url(url: str, policy: FetchPolicy | None = None, resolver: Resolver | 
                 f"The image link points at a local or private address ({host}); only public links are "
                 "fetched. Download the picture and upload it instead."
             )
-    path = parts.path or "/"
+    # Spaces and non-ASCII characters are percent-encoded; what is already encoded stays as is.
+    path = urllib.parse.quote(parts.path or "/", safe=_URL_SAFE)
     if parts.query:
-        path += "?" + parts.query
+        path += "?" + urllib.parse.quote(parts.query, safe=_URL_SAFE + "?")
     return PinnedTarget(url=url.strip(), scheme=scheme, host=host, port=port, path=path, ip=str(addresses[0]))
 
 

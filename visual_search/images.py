@@ -11,6 +11,7 @@ the app says so once and searches the whole photo instead.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -22,8 +23,6 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,23 +211,30 @@ def _decode(data: bytes, label: str, max_side: int | None) -> Image.Image:
         raise ImageError(_too_many_pixels(int(match.group(1)) if match else None, label)) from None
     except Exception:  # noqa: BLE001 - any Pillow failure on untrusted bytes means "not an image"
         raise ImageError(_not_an_image(data, label)) from None
-    with img:
-        reducible = img.format in _REDUCIBLE_FORMATS
-        _check_pixels(img.size, label, reducible=reducible)
-        if reducible:
-            # libjpeg decodes at 1/2, 1/4 or 1/8 scale: a 48 MP photo then costs 3 MP of work.
-            img.draft("RGB", _draft_request(img.size, max_side))
-            _check_pixels(img.size, label, reducible=False)
-        large = img.width * img.height > LARGE_DECODE_PIXELS
-        with _large_decode(large):
-            try:
-                img.load()  # animated GIF/WebP/APNG: Image.open stands on the first frame, the product shot
-            except Exception as e:  # noqa: BLE001 - truncated/corrupt data surfaces here, in any form
-                raise ImageError(
-                    f"{_cap(label)} is damaged or incomplete and cannot be decoded ({_reason(e)}). "
-                    "Try saving or downloading it again."
-                ) from None
-            return _sanitize(img, label, max_side)
+    in_wave = False
+    try:
+        with img:
+            reducible = img.format in _REDUCIBLE_FORMATS
+            _check_pixels(img.size, label, reducible=reducible)
+            if img.width * img.height > LARGE_DECODE_PIXELS:
+                in_wave = _wave_enter()  # memory goes back to the OS when the wave of big photos ends
+            if reducible:
+                # libjpeg decodes at 1/2, 1/4 or 1/8 scale: a 48 MP photo then costs 3 MP of work.
+                img.draft("RGB", _draft_request(img.size, max_side))
+                _check_pixels(img.size, label, reducible=False)
+            large = img.width * img.height > LARGE_DECODE_PIXELS
+            with _decode_gate if large else contextlib.nullcontext():  # large decodes one at a time
+                try:
+                    img.load()  # animated GIF/WebP/APNG: Image.open stands on the first frame
+                except Exception as e:  # noqa: BLE001 - truncated/corrupt data surfaces here, in any form
+                    raise ImageError(
+                        f"{_cap(label)} is damaged or incomplete and cannot be decoded ({_reason(e)}). "
+                        "Try saving or downloading it again."
+                    ) from None
+                return _sanitize(img, label, max_side)
+    finally:
+        if in_wave:
+            _wave_leave()  # after img is closed, so its full-size buffer is already freed
 
 
 def _draft_request(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
@@ -246,47 +252,56 @@ def _draft_request(size: tuple[int, int], max_side: int | None) -> tuple[int, in
 
 
 _decode_gate = threading.Lock()
-_waiting_lock = threading.Lock()
-_waiting = 0
+_wave_lock = threading.Lock()
+_wave_size = 0
 
 
-@contextmanager
-def _large_decode(large: bool) -> Iterator[None]:
-    """Large decodes one at a time; the last of a wave hands the freed memory back to the OS."""
-    global _waiting
-    if not large:
-        yield
-        return
-    with _waiting_lock:
-        _waiting += 1
+def _wave_enter() -> bool:
+    global _wave_size
+    with _wave_lock:
+        _wave_size += 1
+    return True
+
+
+def _wave_leave() -> None:
+    """The last big photo of a wave hands the freed memory back to the OS."""
+    global _wave_size
+    with _wave_lock:
+        _wave_size -= 1
+        last = _wave_size == 0
+    if last:
+        release_memory()
+
+
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+"""Allocations at least this big get their own mmap (glibc), so freeing one returns it to the OS.
+
+glibc raises its mmap threshold to the size of the largest block freed (up to 32 MB), after which
+Pillow's 16 MB image blocks come from the heap and stay there, fragmented between other
+allocations. A fixed threshold keeps decoded photos out of the heap; model inference at batch 1
+rarely allocates this much at once."""
+
+
+def _load_libc() -> Any:
     try:
-        with _decode_gate:
-            yield
-    finally:
-        with _waiting_lock:
-            _waiting -= 1
-            last = _waiting == 0
-        if last:
-            release_memory()
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    except (OSError, AttributeError):
+        return None
 
 
-_libc_trim: Any = None
+_libc = _load_libc()
+if _libc is not None and hasattr(_libc, "mallopt"):
+    _M_MMAP_THRESHOLD = -3
+    _libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def release_memory() -> None:
     """Collect garbage and ask glibc to return free heap pages (large decodes fragment it)."""
-    global _libc_trim
     gc.collect()
-    if _libc_trim is None:
-        _libc_trim = False
-        try:
-            name = ctypes.util.find_library("c")
-            if name:
-                _libc_trim = ctypes.CDLL(name).malloc_trim
-        except (OSError, AttributeError):
-            _libc_trim = False
-    if _libc_trim:
-        _libc_trim(0)
+    if _libc is not None:
+        _libc.malloc_trim(0)
 
 
 def _check_pixels(size: tuple[int, int], label: str, *, reducible: bool = True) -> None:
