@@ -32,7 +32,8 @@ class SessionState:
 
     def copy(self, **changes: Any) -> SessionState:
         """A new state (Gradio keeps the old object until the event's output replaces it)."""
-        return replace(self, liked=list(self.liked), disliked=list(self.disliked), **changes)
+        lists = {"liked": list(self.liked), "disliked": list(self.disliked)}
+        return replace(self, **{**lists, **changes})
 
     def find_card(self, product_id: str) -> Card | None:
         for view in (self.view, self.base):
