@@ -187,7 +187,7 @@ def create_app(
         "blocked_paths": [str(Path(p).resolve()) for p in (*serve.blocked, options.import_root)],
         "max_file_size": serve.max_file_size,
         "enable_monitoring": serve.monitoring,
-        "show_error": True,
+        "show_error": False,  # uncaught errors stay generic; gr.Error messages still show
         "mcp_server": False,
     }
     if surfaces.admin:
