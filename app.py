@@ -43,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--max-upload-mb", type=float, default=50, help="largest upload accepted, in MB (default 50)"
     )
+    g.add_argument(
+        "--admin-password-file",
+        metavar="PATH",
+        help="file holding the admin password (user 'admin'; or set VS_ADMIN_PASSWORD). Without a "
+        "password the admin pages are served on a loopback --host only",
+    )
+    g.add_argument(
+        "--monitoring", action="store_true", help="serve Gradio's /monitoring dashboard (off by default)"
+    )
     g = parser.add_argument_group("catalog and pilot")
     g.add_argument(
         "--catalog",
@@ -55,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--log-photos",
         action="store_true",
-        help="also keep query photos in the pilot log (off: photos are never stored)",
+        help="keep query photos in the pilot log (off: uploads are deleted once answered)",
     )
     g.add_argument("--currency", default="$", help="currency symbol shown with prices (default $)")
     g.add_argument(
@@ -70,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def admin_password(path: str | None) -> str | None:
+    """The admin password: the first line of --admin-password-file, else VS_ADMIN_PASSWORD."""
+    if path:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        return (lines[0].strip() if lines else "") or None
+    return os.environ.get("VS_ADMIN_PASSWORD") or None
 
 
 def ensure_indexed(engine, catalog: Path | None) -> None:
@@ -119,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--ssl-certfile and --ssl-keyfile go together.")
     if args.concurrency < 1:
         return fail("--concurrency must be at least 1.")
+    try:
+        password = admin_password(args.admin_password_file)
+    except OSError as exc:
+        return fail(f"cannot read --admin-password-file ({exc.strerror or exc}).")
     settings = Settings.from_args(args)
     from visual_search.fetch import FetchPolicy, set_default_policy
 
@@ -138,45 +159,54 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
 
     from visual_search.analytics import SearchLog
-    from visual_search.ui import UIOptions, build_ui, launch_kwargs
+    from visual_search.ui import UIOptions, create_app, decide_surfaces, serve_forever
+    from visual_search.ui.app import ServeOptions
 
     data_dir = Path(settings.data_dir)
     analytics_dir = data_dir / "analytics"
     search_log = SearchLog(analytics_dir / "search_log.jsonl", store_photos=args.log_photos)
-    if args.log_photos:
-        print(f"Pilot log: query photos ARE stored under {search_log.photos_dir}", flush=True)
-    options = UIOptions(
-        import_root=data_dir / "imports",
-        currency=args.currency,
-        log_photos=args.log_photos,
-        allow_private_links=args.allow_private_image_links,
+    print(
+        f"Pilot log: query photos ARE stored under {search_log.photos_dir}"
+        if args.log_photos
+        else "Pilot log: query photos are not stored (uploads are deleted once answered).",
+        flush=True,
     )
-    demo = build_ui(engine, search_log, options)
+    surfaces = decide_surfaces(args.host, args.share, password)
+    print(surfaces.message, flush=True)
     blocked = [analytics_dir]
     location = engine.store.info().location
     if not settings.qdrant_url and location and Path(location).exists():
         blocked.append(Path(location))
-    kwargs = launch_kwargs(
+    app = create_app(
         engine,
-        import_root=options.import_root,
-        blocked=blocked,
-        max_file_size=int(args.max_upload_mb * 1024 * 1024),
+        search_log,
+        UIOptions(
+            import_root=data_dir / "imports",
+            currency=args.currency,
+            allow_private_links=args.allow_private_image_links,
+        ),
+        surfaces,
+        ServeOptions(
+            concurrency=args.concurrency,
+            max_file_size=int(args.max_upload_mb * 1024 * 1024),
+            monitoring=args.monitoring,
+            blocked=blocked,
+        ),
     )
-    demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
+    scheme = "https" if args.ssl_certfile else "http"
+    print(f"Running on {scheme}://{args.host}:{args.port}/", flush=True)
     try:
-        demo.launch(
-            server_name=args.host,
-            server_port=args.port,
+        serve_forever(
+            app,
+            host=args.host,
+            port=args.port,
             share=args.share,
             ssl_certfile=args.ssl_certfile,
             ssl_keyfile=args.ssl_keyfile,
-            ssl_verify=not args.ssl_certfile,  # self-signed certificates are the norm for a LAN pilot
-            show_error=True,
-            **kwargs,
         )
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
+    except (OSError, SystemExit) as exc:
         return fail(f"cannot start the web server on {args.host}:{args.port} ({exc}).")
     finally:
         engine.close()

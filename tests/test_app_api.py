@@ -185,13 +185,24 @@ def _status(url: str) -> int:
         return exc.code
 
 
-def test_serves_catalog_images_and_assets_only(ui_app):
+def test_catalog_images_are_served_by_product_id_not_by_path(client, ui_app):
+    r = client.predict(product_id="juice-orange", top_k=3, api_name="/more_like_this")
+    url = r["results"][0]["image_url"]
+    assert url.startswith("/img/") and str(ui_app.root) not in url
+    with urllib.request.urlopen(ui_app.url + url.lstrip("/"), timeout=10) as resp:
+        assert resp.headers["content-type"].startswith("image/")
+        with Image.open(resp) as img:
+            assert img.size[0] > 0
+    with urllib.request.urlopen(ui_app.url + "img/juice-orange/0?size=thumb", timeout=10) as resp:
+        with Image.open(resp) as img:
+            assert max(img.size) <= 384
+    assert _status(ui_app.url + "examples/0") == 200
+
+
+def test_file_route_serves_no_catalog_image_or_server_file(ui_app):
     file_route = ui_app.url + "gradio_api/file="
-    assert _status(file_route + str(ui_app.image_of("juice-orange"))) == 200
-    example = next((ROOT / "assets" / "examples").glob("*.jpg"), None)
-    if example is not None:
-        assert _status(file_route + str(example)) == 200
     for forbidden in (
+        str(ui_app.image_of("juice-orange")),  # served by product id only
         "/etc/passwd",
         str(ROOT / "app.py"),
         str(ui_app.catalog),  # the CSV next to the images
@@ -253,6 +264,7 @@ def test_cards_escape_catalog_text_and_refuse_script_links():
         "category": "<b>Juices</b>",
         "brand": "A & B",
         "image": "/data/img's/x y.jpg",
+        "image_url": "img/p%221/0?size=thumb",
         "score": 0.5,
         "url": "javascript:alert(1)",
     }
@@ -261,7 +273,7 @@ def test_cards_escape_catalog_text_and_refuse_script_links():
     assert "<b>Juices</b>" not in html and "&lt;b&gt;Juices&lt;/b&gt;" in html
     assert 'data-pid="p&quot;1"' in html
     assert "javascript:" not in html
-    assert 'src="gradio_api/file=/data/img%27s/x%20y.jpg"' in html
+    assert "/data/" not in html  # no server path, whatever the card carries
     summary = render.summary_bar(
         {"mode": "text", "text": "<script>x</script>", "filters_text": "category: <i>", "results": []}
     )
@@ -270,7 +282,7 @@ def test_cards_escape_catalog_text_and_refuse_script_links():
 
 def test_filters_from_widgets():
     from visual_search.errors import VisualSearchError
-    from visual_search.ui.app import build_filters, threshold_or_none
+    from visual_search.ui.common import build_filters, threshold_or_none
 
     f = build_filters(["Juices"], None, 0, 10)
     assert f.categories == ("Juices",) and f.min_price is None and f.max_price == 10
@@ -281,7 +293,8 @@ def test_filters_from_widgets():
 
 
 def test_price_histogram_bins_in_price_order():
-    from visual_search.ui.app import default_threshold, price_histogram
+    from visual_search.ui.common import default_threshold
+    from visual_search.ui.tabs.catalog import price_histogram
 
     frame, labels = price_histogram([3.5, 4, 12, 19.9, 31], "$")
     assert labels[0] == "$0–5" and labels == list(frame["price range"])
@@ -303,13 +316,13 @@ def test_price_histogram_bins_in_price_order():
 )
 def test_image_links_to_private_addresses_are_refused(url):
     from visual_search.errors import VisualSearchError
-    from visual_search.ui.app import check_public_url
+    from visual_search.ui.common import check_public_url
 
     with pytest.raises(VisualSearchError, match="local or private address"):
         check_public_url(url)
 
 
 def test_public_image_links_pass_the_address_check():
-    from visual_search.ui.app import check_public_url
+    from visual_search.ui.common import check_public_url
 
     check_public_url("http://93.184.215.14/x.jpg")  # a literal public address: no DNS needed

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from ui_fixtures import ADMIN_PASSWORD
 
 pytestmark = pytest.mark.browser
 
@@ -50,6 +51,22 @@ def page(browser, ui_app):
     yield page
     context.close()
     assert not [e for e in errors if "__xss" in e]
+
+
+@pytest.fixture
+def admin_page(browser, ui_app):
+    """The admin surface, logged in through Gradio's login form endpoint (cookie in the context)."""
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    reply = context.request.post(
+        ui_app.admin_url + "login", form={"username": "admin", "password": ADMIN_PASSWORD}
+    )
+    assert reply.ok, reply.status
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(ui_app.admin_url)
+    page.wait_for_selector("#index-status")
+    yield page
+    context.close()
 
 
 def open_app(page, url: str) -> None:
@@ -377,7 +394,8 @@ def test_phone_viewport_example_photo_in_one_tap(browser, ui_app, artifacts_dir)
         context.close()
 
 
-def test_catalog_tab_status_charts_audit_and_export(page, ui_app, artifacts_dir):
+def test_catalog_tab_status_charts_audit_and_export(admin_page, ui_app, artifacts_dir):
+    page = admin_page
     page.get_by_role("tab", name="Catalog").click()
     status = page.locator("#index-status")
     status.wait_for(state="visible")
@@ -413,7 +431,7 @@ def test_catalog_tab_status_charts_audit_and_export(page, ui_app, artifacts_dir)
     assert ".csv" in (link.get_attribute("href") or "") + link.inner_text()
 
 
-def test_import_catalog_with_progress_and_row_errors(page, ui_app, tmp_path, artifacts_dir):
+def test_import_catalog_with_progress_and_row_errors(admin_page, page, ui_app, tmp_path, artifacts_dir):
     """Runs last in this file: it adds two products (category 'Imported') to the shared index."""
     import csv
     import zipfile
@@ -434,26 +452,26 @@ def test_import_catalog_with_progress_and_row_errors(page, ui_app, tmp_path, art
             PILImage.new("RGB", (200, 200), colour).save(img_path)
             zf.write(img_path, f"pics/{pid}.jpg")
 
-    page.get_by_role("tab", name="Catalog").click()
-    page.locator("#import-csv input[type=file]").set_input_files(str(csv_path))
-    page.locator("#import-zip input[type=file]").set_input_files(str(zip_path))
-    page.wait_for_function("() => document.querySelectorAll('#import-csv a, #import-zip a').length >= 2")
-    page.locator("#import-btn").click()
-    report = page.locator("#import-report")
+    admin = admin_page
+    admin.locator("#import-csv input[type=file]").set_input_files(str(csv_path))
+    admin.locator("#import-zip input[type=file]").set_input_files(str(zip_path))
+    admin.wait_for_function("() => document.querySelectorAll('#import-csv a, #import-zip a').length >= 2")
+    admin.locator("#import-btn").click()
+    report = admin.locator("#import-report")
     report.locator(".vs-notice, .vs-error").first.wait_for(timeout=60_000)
     text = report.inner_text()
     assert "Imported." in text and "2 embedded" in text, text
     assert "row 4 (imp-3)" in text, text
-    page.wait_for_function("() => document.querySelector('#index-status').innerText.includes('13')")
-    page.wait_for_timeout(1000)  # let the charts redraw for the screenshot
-    shot(page, artifacts_dir, "desktop-import.png")
+    admin.wait_for_function("() => document.querySelector('#index-status').innerText.includes('13')")
+    admin.wait_for_timeout(1000)  # let the charts redraw for the screenshot
+    shot(admin, artifacts_dir, "desktop-import.png")
 
-    page.get_by_role("tab", name="Search").click()
+    open_app(page, ui_app.url)  # the shopper page picks up the new catalog when it loads
     pick_category(page, "Imported (2)")
     page.locator("#query-text textarea").fill("lamp")
     search(page)
     assert set(card_ids(page)) == {"imp-1", "imp-2"}
-    # The imported images are served (they live under the app's import folder).
+    # The imported images are served by product id (the image route), not from the import folder.
     page.wait_for_function(
         "() => [...document.querySelectorAll('#results .vs-card img')].every(i => i.complete && i.naturalWidth > 0)"
     )

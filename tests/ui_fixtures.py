@@ -1,8 +1,9 @@
 """Fixtures for the app tests: a small catalog and the real ``app.py`` running on the tiny model.
 
 ``ui_app`` starts ``python app.py --model test:tiny`` once per test session in a subprocess on a
-free 127.0.0.1 port (its own data dir, its cwd in a tmp dir so nothing depends on the repo as cwd)
-and stops it by its process handle afterwards. Background removal uses the real u2netp model from
+free 127.0.0.1 port (its own data dir, its own Gradio cache, its cwd in a tmp dir so nothing depends
+on the repo as cwd, the admin surface behind ADMIN_PASSWORD) and stops it by its process handle
+afterwards. Background removal uses the real u2netp model from
 the ``u2net_home`` fixture.
 """
 
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_IMAGES = ROOT / "sample_catalog" / "images"
 ARTIFACTS = ROOT / "test-artifacts"
 
+ADMIN_PASSWORD = "pilot-admin-test-password"
 XSS_TITLE = 'Green <img src=x onerror="window.__xss=1"> Juice & "Co"'
 
 # product_id, sample image (synthetic stand-in when missing), title, category, brand, price, colour
@@ -62,6 +64,11 @@ class RunningApp:
     log_file: Path  # the app's stdout/stderr
     process: subprocess.Popen
     has_background_removal: bool
+    gradio_cache: Path  # the app's GRADIO_TEMP_DIR (uploads land here)
+
+    @property
+    def admin_url(self) -> str:
+        return self.url + "admin/"
 
     def image_of(self, product_id: str) -> Path:
         return self.images / f"{product_id}.jpg"
@@ -132,8 +139,11 @@ def wait_until_up(url: str, process: subprocess.Popen, log_file: Path, timeout: 
     raise RuntimeError(f"app.py did not answer within {timeout:.0f} s:\n{log_file.read_text()[-4000:]}")
 
 
-def app_env(u2net: Path | None) -> dict[str, str]:
+def app_env(u2net: Path | None, gradio_cache: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("VS_ADMIN_PASSWORD", None)
+    if gradio_cache is not None:
+        env["GRADIO_TEMP_DIR"] = str(gradio_cache)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["GRADIO_ANALYTICS_ENABLED"] = "False"
     env["PYTHONUNBUFFERED"] = "1"
@@ -154,6 +164,8 @@ def ui_app(u2net_home: Path, tmp_path_factory: pytest.TempPathFactory):
     data_dir = root / "data"
     port = free_port()
     log_file = root / "app.log"
+    gradio_cache = root / "gradio-cache"
+    env = {**app_env(u2net, gradio_cache), "VS_ADMIN_PASSWORD": ADMIN_PASSWORD}
     with log_file.open("w") as log:
         process = subprocess.Popen(
             [
@@ -178,14 +190,16 @@ def ui_app(u2net_home: Path, tmp_path_factory: pytest.TempPathFactory):
                 "--allow-private-image-links",  # the link test serves its picture on loopback
             ],
             cwd=root,
-            env=app_env(u2net),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_up(url, process, log_file)
-        yield RunningApp(url, root, catalog, root / "images", data_dir, log_file, process, u2net is not None)
+        yield RunningApp(
+            url, root, catalog, root / "images", data_dir, log_file, process, u2net is not None, gradio_cache
+        )
     finally:
         process.terminate()
         try:

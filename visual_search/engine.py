@@ -557,3 +557,29 @@ def _prefetched_batches(
             if i + 1 < len(batches):
                 pending = submit(batches[i + 1])
             yield batch, [f.result() for f in current]
+
+
+# ---------------------------------------------------------------- images by product id
+
+
+def product_image(engine: SearchEngine, product_id: str, index: int = 0) -> Path | None:
+    """The local file of a product's ``index``-th indexed image, or None (unknown, or a URL).
+
+    Lets the UI serve catalog images by product id instead of by path. Reads one point: its vector
+    by id, then the nearest points to that vector (the point itself scores 1.0), never a full scroll.
+    """
+    from .types import IMAGE
+
+    wanted = point_id(str(product_id), int(index))
+    vector = engine.store.get_vectors([wanted]).get(wanted)
+    if vector is None:
+        return None
+    for limit in (16, 256):  # exact duplicates of the image could crowd it out of a short list
+        for hit in engine.store.search(vector, limit):
+            if hit.id == wanted and str(hit.payload.get(PRODUCT_ID)) == str(product_id):
+                source = str(hit.payload.get(IMAGE) or "")
+                if not source or source.startswith(("http://", "https://")):
+                    return None
+                path = Path(source)
+                return path if path.is_file() else None
+    return None

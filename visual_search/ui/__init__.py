@@ -1,5 +1,18 @@
-"""Gradio UI for visual product search (never imports qdrant or torch; talks to the engine)."""
+"""Gradio UI for visual product search (never imports qdrant or torch; talks to the engine).
 
-from .app import SearchApp, UIOptions, build_ui, default_threshold, launch_kwargs
+Two surfaces: the shopper's search (``/``) and the admin (``/admin``); see :mod:`.app`.
+"""
 
-__all__ = ["SearchApp", "UIOptions", "build_ui", "default_threshold", "launch_kwargs"]
+from .app import Surfaces, build_admin, build_shopper, create_app, decide_surfaces, serve_forever
+from .common import UIOptions, default_threshold
+
+__all__ = [
+    "Surfaces",
+    "UIOptions",
+    "build_admin",
+    "build_shopper",
+    "create_app",
+    "decide_surfaces",
+    "default_threshold",
+    "serve_forever",
+]

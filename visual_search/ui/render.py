@@ -53,16 +53,29 @@ def esc(value: Any) -> str:
 
 
 def file_url(source: str | None) -> str:
-    """Browser URL for a catalog image: http(s) as is, a local file through Gradio's file route.
+    """Browser URL for an image that is already a URL: http(s) links and the app's own routes.
 
-    Relative (no leading slash) so it also works behind a proxy path or a share link. Gradio only
-    serves it when the file lies under the app's ``allowed_paths``.
+    Server paths are never turned into URLs: catalog images go through the image route
+    (``img/<product id>/<index>``), a photo to crop is inlined as a data URL.
     """
     if not source:
         return ""
-    if source.startswith(("http://", "https://")):
+    if source.startswith(("http://", "https://", "img/", "examples/", "data:image/")):
         return source
-    return "gradio_api/file=" + quote(source, safe="/")
+    return ""
+
+
+def product_image_url(product_id: Any, index: int = 0, *, thumb: bool = True) -> str:
+    """The image route of a product (``img/<id>/<index>``), relative so it works under any mount."""
+    suffix = "?size=thumb" if thumb else ""
+    return f"img/{quote(str(product_id), safe='')}/{int(index)}{suffix}"
+
+
+def image_url(product_id: Any, source: str | None, index: int = 0) -> str:
+    """http(s) catalog images as they are; local ones through the image route, never by path."""
+    if source and source.startswith(("http://", "https://")):
+        return source
+    return product_image_url(product_id, index) if source else ""
 
 
 def safe_link(url: str | None) -> str | None:
@@ -127,7 +140,7 @@ def product_card(
         else ""
     )
     rank_attr = f' data-rank="{rank}"' if rank is not None else ""
-    img = file_url(card.get("image"))
+    img = file_url(card.get("image_url"))
     img_html = (
         f'<img src="{esc(img)}" alt="{title}" loading="lazy">'
         if img
@@ -241,7 +254,7 @@ def refine_bar(liked: Sequence[Mapping[str, Any]], disliked: Sequence[Mapping[st
 
     def chips(items: Sequence[Mapping[str, Any]], undo: str) -> str:
         return "".join(
-            f'<span class="vs-refine-chip"><img src="{esc(file_url(c.get("image")))}" alt="">'
+            f'<span class="vs-refine-chip"><img src="{esc(file_url(c.get("image_url")))}" alt="">'
             f"{esc(c.get('title') or c.get('product_id'))}"
             f'<button class="vs-x" data-action="{undo}" data-pid="{esc(c.get("product_id"))}" '
             f'title="Remove" aria-label="Remove {esc(c.get("title"))}">×</button></span>'
@@ -315,9 +328,9 @@ def duplicate_table(pairs: Sequence[Any], threshold: float) -> str:
         )
     rows = "".join(
         "<tr>"
-        f'<td><div class="vs-pair"><img src="{esc(file_url(p.image_a))}" alt="">'
+        f'<td><div class="vs-pair"><img src="{esc(image_url(p.product_a, p.image_a))}" alt="">'
         f"<div><b>{esc(p.title_a)}</b><br><code>{esc(p.product_a)}</code></div></div></td>"
-        f'<td><div class="vs-pair"><img src="{esc(file_url(p.image_b))}" alt="">'
+        f'<td><div class="vs-pair"><img src="{esc(image_url(p.product_b, p.image_b))}" alt="">'
         f"<div><b>{esc(p.title_b)}</b><br><code>{esc(p.product_b)}</code></div></div></td>"
         f'<td class="vs-num">{p.score:.3f}</td></tr>'
         for p in pairs
@@ -337,12 +350,12 @@ def suspect_table(suspects: Sequence[Any]) -> str:
         votes = ", ".join(f"{esc(cat)} ×{n}" for cat, n in s.neighbour_categories.items())
         rows.append(
             "<tr>"
-            f'<td><div class="vs-pair"><img src="{esc(file_url(s.image))}" alt="">'
+            f'<td><div class="vs-pair"><img src="{esc(image_url(s.product_id, s.image))}" alt="">'
             f"<div><b>{esc(s.title)}</b><br><code>{esc(s.product_id)}</code></div></div></td>"
             f'<td><span class="vs-chip">{esc(s.category)}</span></td>'
             f'<td><span class="vs-chip vs-chip-warn">{esc(s.suggested_category)}</span>'
             f'<div class="vs-dim">neighbours: {votes}</div></td>'
-            f'<td><div class="vs-pair"><img src="{esc(file_url(s.neighbour_image))}" alt="">'
+            f'<td><div class="vs-pair"><img src="{esc(image_url(s.neighbour_id, s.neighbour_image))}" alt="">'
             f"<div>{esc(s.neighbour_title)}<br><code>{esc(s.neighbour_id)}</code></div></div></td>"
             f'<td class="vs-num">{s.score:.3f}</td></tr>'
         )
@@ -365,10 +378,10 @@ def issues_table(issues: Sequence[Any]) -> str:
     )
 
 
-def cropper(photo_path: str, box: tuple[float, float, float, float] = (0.1, 0.1, 0.9, 0.9)) -> str:
+def cropper(photo_url: str, box: tuple[float, float, float, float] = (0.1, 0.1, 0.9, 0.9)) -> str:
     """The crop tool: the photo with a draggable box (handles at the corners) and two buttons.
 
-    ``photo_path`` is Gradio's copy of the upload (served from its cache); CROP_JS moves the box.
+    ``photo_url`` is a data URL of the photo (the upload itself is not kept); static/crop.js moves the box.
     """
     x0, y0, x1, y1 = box
     handles = "".join(f'<span class="vs-h vs-h-{h}" data-h="{h}"></span>' for h in ("nw", "ne", "sw", "se"))
@@ -377,7 +390,7 @@ def cropper(photo_path: str, box: tuple[float, float, float, float] = (0.1, 0.1,
         '<div class="vs-cropper">'
         '<div class="vs-crop-help"><b>Crop:</b> drag the box or its corners around the item, '
         "then <b>Use this crop</b>.</div>"
-        f'<div class="vs-crop-stage"><img src="{esc(file_url(photo_path))}" alt="Photo to crop" draggable="false">'
+        f'<div class="vs-crop-stage"><img src="{esc(file_url(photo_url))}" alt="Photo to crop" draggable="false">'
         f'<div class="vs-crop-rect" data-x0="{x0}" data-y0="{y0}" data-x1="{x1}" data-y1="{y1}" style="{style}">'
         f"{handles}</div></div>"
         '<div class="vs-crop-actions">'
@@ -387,11 +400,11 @@ def cropper(photo_path: str, box: tuple[float, float, float, float] = (0.1, 0.1,
 
 
 def example_strip(examples: Sequence[tuple[str, str]]) -> str:
-    """One-tap example photos (path, label) for demos."""
+    """One-tap example photos (URL, label) for demos."""
     items = "".join(
         f'<button class="vs-example" data-example="{i}" title="Search with this photo">'
-        f'<img src="{esc(file_url(path))}" alt="{esc(label)}" loading="lazy"><span>{esc(label)}</span></button>'
-        for i, (path, label) in enumerate(examples)
+        f'<img src="{esc(file_url(url))}" alt="{esc(label)}" loading="lazy"><span>{esc(label)}</span></button>'
+        for i, (url, label) in enumerate(examples)
     )
     return f'<div class="vs-step">Try an example photo <span>one tap searches</span></div><div class="vs-examples">{items}</div>'
 
