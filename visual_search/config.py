@@ -21,6 +21,7 @@ class Settings:
     qdrant_api_key: str | None = None
     collection: str = "products"
     bg_model: str = DEFAULT_BG_MODEL
+    runtime: str = "auto"  # torch | onnx | onnx-int8 | auto (visual_search.device.pick_runtime)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -33,6 +34,7 @@ class Settings:
             qdrant_api_key=env.get("QDRANT_API_KEY") or None,
             collection=env.get("VS_COLLECTION", "products"),
             bg_model=env.get("VS_BG_MODEL", DEFAULT_BG_MODEL),
+            runtime=env.get("VS_RUNTIME") or "auto",
         )
 
     @classmethod
@@ -46,6 +48,7 @@ class Settings:
             qdrant_api_key=args.qdrant_api_key or base.qdrant_api_key,
             collection=args.collection or base.collection,
             bg_model=args.bg_model or base.bg_model,
+            runtime=getattr(args, "runtime", None) or base.runtime,
         )
 
 
@@ -58,6 +61,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         "ViT-B-32@/path/weights.safetensors, local-dir:/path, timm:efficientnet_lite0@/path.pth",
     )
     g.add_argument("--device", help="cpu, cuda, cuda:1 (VS_DEVICE; default: CUDA when present)")
+    g.add_argument(
+        "--runtime",
+        choices=("auto", "torch", "onnx", "onnx-int8"),
+        help="CPU inference runtime (VS_RUNTIME; default auto: ONNX Runtime int8 on CPU, torch on CUDA)",
+    )
     g.add_argument("--data-dir", help="embedded index folder (VS_DATA_DIR; default ./data)")
     g.add_argument("--qdrant-url", help="remote Qdrant server/cluster URL (QDRANT_URL); default: embedded")
     g.add_argument("--qdrant-api-key", help="API key for the remote Qdrant (QDRANT_API_KEY)")

@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from visual_search.errors import VisualSearchError
+
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
@@ -37,7 +39,7 @@ def pick_runtime(requested: str | None, device: str) -> str:
     """
     wanted = (requested or os.environ.get("VS_RUNTIME") or "auto").strip().lower()
     if wanted not in (*RUNTIMES, "auto"):
-        raise ValueError(f"unknown runtime {wanted!r}; use one of {', '.join(RUNTIMES)} or auto")
+        raise VisualSearchError(f"Unknown runtime {wanted!r}; use one of {', '.join(RUNTIMES)} or auto.")
     if not device.startswith("cpu"):
         if wanted not in ("auto", "torch"):
             log.warning("runtime %s runs on the CPU only; using torch on %s", wanted, device)

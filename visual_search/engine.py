@@ -110,7 +110,7 @@ class SearchEngine:
         store = open_store(
             settings.data_dir, settings.qdrant_url, settings.qdrant_api_key, settings.collection
         )
-        encoder = create_encoder(settings.model, device=settings.device)
+        encoder = create_encoder(settings.model, device=settings.device, runtime=settings.runtime)
         return cls(encoder, store, bg_model=settings.bg_model)
 
     # ---------------------------------------------------------------- indexing
