@@ -275,13 +275,14 @@ def build_tower(
     variant: str,
     input_name: str,
     cache_dir: str | os.PathLike | None = None,
+    digest: str | None = None,
 ) -> OnnxTower:
     """Export (or reuse) one tower and open it. ``variant``: "fp32" or "int8" (falls back to fp32 below
     the quality guard). ``calibration``: a few real inputs, also the export example."""
     if variant not in ("fp32", "int8"):
         raise ValueError(f"unknown ONNX variant {variant!r}")
     folder = cache_root(cache_dir) / _slug(model_id)
-    stem = f"{tower}-{weights_digest(model)}-v{FORMAT_VERSION}"
+    stem = f"{tower}-{digest or weights_digest(model)}-v{FORMAT_VERSION}"
     with _LOCK:
         _remove_stale(folder, tower, stem)
         fp32 = _ensure(
@@ -373,6 +374,7 @@ def accelerate(encoder: Encoder, runtime: str, cache_dir: str | os.PathLike | No
         return encoder
     towers: dict[str, OnnxTower] = {}
     try:
+        digest = weights_digest(encoder.model)
         towers["image"] = build_tower(
             encoder.model,
             type(encoder).image_forward,
@@ -382,6 +384,7 @@ def accelerate(encoder: Encoder, runtime: str, cache_dir: str | os.PathLike | No
             variant=variant,
             input_name="pixels",
             cache_dir=cache_dir,
+            digest=digest,
         )
         if encoder.supports_text:
             tokens = encoder.tokenizer(list(CALIBRATION_TEXTS)).cpu()
@@ -394,6 +397,7 @@ def accelerate(encoder: Encoder, runtime: str, cache_dir: str | os.PathLike | No
                 variant=variant,
                 input_name="tokens",
                 cache_dir=cache_dir,
+                digest=digest,
             )
     except Exception as exc:  # noqa: BLE001 - any failure of the fast path leaves the exact one
         reason = exc if isinstance(exc, RuntimeUnavailable) else f"{type(exc).__name__}: {exc}"
