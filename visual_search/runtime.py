@@ -328,6 +328,9 @@ def _ensure(
             log.warning("ONNX cache file %s is unreadable (%s); rebuilding it", path.name, type(exc).__name__)
             with contextlib.suppress(OSError):
                 path.unlink()
+    log.info(
+        "building %s (%s %s tower of %s): once per model and weights", path.name, variant, tower, model_id
+    )
     try:
         _atomic(path, write)
     except RuntimeUnavailable:
