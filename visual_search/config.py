@@ -24,6 +24,7 @@ class Settings:
     collection: str = "products"
     bg_model: str = DEFAULT_BG_MODEL
     log_days: int = DEFAULT_LOG_DAYS  # 0 keeps the analytics log forever
+    runtime: str = "auto"  # torch | onnx | onnx-int8 | auto (visual_search.device.pick_runtime)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -37,6 +38,7 @@ class Settings:
             collection=env.get("VS_COLLECTION", "products"),
             bg_model=env.get("VS_BG_MODEL", DEFAULT_BG_MODEL),
             log_days=_log_days(env.get("VS_LOG_DAYS")),
+            runtime=env.get("VS_RUNTIME") or "auto",
         )
 
     @classmethod
@@ -51,6 +53,7 @@ class Settings:
             collection=args.collection or base.collection,
             bg_model=args.bg_model or base.bg_model,
             log_days=base.log_days if getattr(args, "log_days", None) is None else args.log_days,
+            runtime=getattr(args, "runtime", None) or base.runtime,
         )
 
 
@@ -96,6 +99,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         "ViT-B-32@/path/weights.safetensors, local-dir:/path, timm:efficientnet_lite0@/path.pth",
     )
     g.add_argument("--device", help="cpu, cuda, cuda:1 (VS_DEVICE; default: CUDA when present)")
+    g.add_argument(
+        "--runtime",
+        choices=("auto", "torch", "onnx", "onnx-int8"),
+        help="CPU inference runtime (VS_RUNTIME; default auto: ONNX Runtime int8 on CPU, torch on CUDA)",
+    )
     g.add_argument("--data-dir", help="embedded index folder (VS_DATA_DIR; default ./data)")
     g.add_argument("--qdrant-url", help="remote Qdrant server/cluster URL (QDRANT_URL); default: embedded")
     g.add_argument("--qdrant-api-key", help="API key for the remote Qdrant (QDRANT_API_KEY)")

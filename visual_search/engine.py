@@ -201,7 +201,7 @@ class SearchEngine:
             settings.data_dir, settings.qdrant_url, settings.qdrant_api_key, settings.collection
         )
         try:
-            encoder = create_encoder(settings.model, device=settings.device)
+            encoder = create_encoder(settings.model, device=settings.device, runtime=settings.runtime)
         except BaseException:
             store.close()  # release the data-dir lock at once, not whenever the store is collected
             raise
