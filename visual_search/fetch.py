@@ -20,6 +20,7 @@ It imports neither gradio nor torch: the engine, the CLI and the UI all use it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import http.client
 import ipaddress
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+_LOOKUP_GRACE_S = 5.0
 _READ_SIZE = 16 * 1024  # small reads: the deadline is checked between them as well
 _USER_AGENT = "visual-search/0.1"
 _IMAGE_MAGIC = (
@@ -337,7 +339,12 @@ def fetch(url: str, policy: FetchPolicy | None = None) -> FetchedImage:
         # The deadline starts now: time spent queued behind other links counts against it.
         deadline = time.monotonic() + policy.timeout_s
         future = _executor().submit(_fetch_now, url, policy, deadline)
-        return future.result()
+        try:
+            # The worker enforces the deadline itself; this only guards against a stuck name lookup.
+            return future.result(timeout=policy.timeout_s + _LOOKUP_GRACE_S)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise _too_slow(_short(url.strip()), policy) from None
     finally:
         slots.release()
 

@@ -5,6 +5,10 @@ untrusted input (uploads, URLs, catalog files) becomes a small, upright, 8-bit R
 :class:`~visual_search.errors.ImageError` with a message a person can act on. It deliberately
 imports neither gradio, torch nor qdrant: the engine, the CLI and the indexer all use it.
 
+URLs are read only through :mod:`visual_search.fetch` (public hosts only unless the process's
+default policy says otherwise). Memory is bounded: sizes are checked from the header, JPEGs decode
+at reduced scale, big decodes run one at a time and memory goes back to the OS after a wave.
+
 Background removal (rembg, default model ``u2netp``) is optional: when the model file is missing
 the app says so once and searches the whole photo instead.
 """
@@ -47,6 +51,7 @@ __all__ = [
     "file_sha256",
     "load_image",
     "model_file_candidates",
+    "release_memory",
     "source_sha256",
     "to_rgb",
 ]
