@@ -187,6 +187,7 @@ def test_admin_with_a_password_refuses_anonymous_calls(engine, tmp_path):
     app = create_app(engine, None, UIOptions(import_root=tmp_path / "imp"), surfaces)
     with TestClient(app) as client:
         assert client.get("/admin/config").status_code == 401
+        assert client.get("/admin", follow_redirects=False).headers["location"] == "/admin/"
         join = {"fn_index": 0, "data": [0.9, 10], "session_hash": "anon"}
         assert client.post("/admin/gradio_api/queue/join", json=join).status_code == 401
         assert client.post("/admin/login", data={"username": "admin", "password": "wrong"}).status_code != 200

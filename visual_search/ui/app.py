@@ -21,7 +21,7 @@ from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 
 from ..analytics import SearchLog
 from ..engine import SearchEngine
@@ -191,6 +191,9 @@ def create_app(
         "mcp_server": False,
     }
     if surfaces.admin:
+        app.add_api_route(
+            ADMIN_PATH, lambda: RedirectResponse(ADMIN_PATH + "/"), methods=["GET"], include_in_schema=False
+        )
         admin = build_admin(ctx)
         admin.queue(default_concurrency_limit=serve.concurrency, max_size=64)
         gr.mount_gradio_app(app, admin, path=ADMIN_PATH, auth=surfaces.admin_auth, footer_links=[], **common)
