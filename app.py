@@ -15,7 +15,12 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from visual_search.config import SAMPLE_CATALOG, Settings, add_settings_arguments  # noqa: E402
+from visual_search.config import (  # noqa: E402
+    SAMPLE_CATALOG,
+    Settings,
+    add_log_days_argument,
+    add_settings_arguments,
+)
 from visual_search.errors import VisualSearchError  # noqa: E402
 
 log = logging.getLogger("visual_search.app")
@@ -66,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep query photos in the pilot log (off: uploads are deleted once answered)",
     )
+    add_log_days_argument(g)
     g.add_argument("--currency", default="$", help="currency symbol shown with prices (default $)")
     g.add_argument(
         "--allow-private-image-links",
@@ -141,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return fail(f"cannot read --admin-password-file ({exc.strerror or exc}).")
     settings = Settings.from_args(args)
+    from visual_search.fetch import FetchPolicy, set_default_policy
+
+    set_default_policy(FetchPolicy(allow_private=args.allow_private_image_links))  # every URL the app opens
 
     from visual_search.engine import SearchEngine
 
@@ -161,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
 
     data_dir = Path(settings.data_dir)
     analytics_dir = data_dir / "analytics"
-    search_log = SearchLog(analytics_dir / "search_log.jsonl", store_photos=args.log_photos)
+    search_log = SearchLog(
+        analytics_dir / "search_log.jsonl", store_photos=args.log_photos, retention_days=settings.log_days
+    )
     print(
         f"Pilot log: query photos ARE stored under {search_log.photos_dir}"
         if args.log_photos

@@ -16,8 +16,11 @@ the same): ``open_clip.create_model_and_transforms("ViT-B-32")`` saved to a temp
 with ``create_encoder("ViT-B-32@/tmp/....pt")``, CPU.
 
     python bench/bench_end_to_end.py --out bench/RESULTS.md
+    python bench/bench_end_to_end.py --runtime onnx-int8 --no-background     # the fast CPU runtime
 
-writes (or replaces) the "End-to-end" section of ``--out``.
+writes (or replaces) the "End-to-end" section of ``--out``. ``--runtime`` (default torch, the eager
+baseline) picks the encoder's runtime (visual_search.runtime); ONNX exports go to a temporary folder,
+so the first-start export is not part of any timing (it happens before the runs).
 """
 
 from __future__ import annotations
@@ -202,8 +205,7 @@ def bench_queries(
 
     def forward() -> float:
         start = time.perf_counter()
-        with torch.inference_mode():
-            encoder.model.encode_image(pixels)
+        encoder.encode_pixels(pixels)  # through the encoder's runtime (torch or ONNX)
         return (time.perf_counter() - start) * 1000
 
     for path in paths[:warmup]:
@@ -269,7 +271,7 @@ def report(
         "```",
         "",
         f"Encoder: ViT-B-32 (random weights, same compute as real ones) via `create_encoder('ViT-B-32@/tmp/...pt')`, "
-        f"CPU. Catalog: `{args.catalog.relative_to(ROOT) if args.catalog.is_relative_to(ROOT) else args.catalog}` "
+        f"CPU, runtime {info['runtime']}. Catalog: `{args.catalog.relative_to(ROOT) if args.catalog.is_relative_to(ROOT) else args.catalog}` "
         f"({idx['images']} images, longest side {idx['sides'][0]}-{idx['sides'][1]} px).",
         "",
         f"### (a) Photo query latency ({len(wall)} synthetic shopper photos, 512 px JPEG files, top-12)",
@@ -363,6 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=30, help="photo queries for (a)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved raw/index runs for (b)")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--runtime",
+        choices=("torch", "onnx", "onnx-int8", "auto"),
+        default="torch",
+        help="inference runtime of the encoder (default torch, the eager baseline; auto = the CPU default)",
+    )
     ap.add_argument("--no-background", action="store_true", help="skip the background-removal rows")
     ap.add_argument("--out", type=Path, help="Markdown file whose 'End-to-end' section is (re)written")
     args = ap.parse_args(argv)
@@ -373,8 +381,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     catalog = read_catalog(args.catalog)
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         work = Path(tmp)
-        encoder = create_encoder(f"ViT-B-32@{random_vit_b_32(work)}", device="cpu")
-        log(f"encoder {encoder.model_id}, {len(catalog.images)} catalog images")
+        encoder = create_encoder(
+            f"ViT-B-32@{random_vit_b_32(work)}", device="cpu", cache_dir=str(work), runtime=args.runtime
+        )
+        log(f"encoder {encoder.model_id} on {encoder.runtime}, {len(catalog.images)} catalog images")
+        info["runtime"] = encoder.runtime
 
         log("(b) indexing throughput")
         idx = bench_indexing(encoder, catalog, args.batch_size, args.repeats, work)

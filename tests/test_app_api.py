@@ -314,15 +314,18 @@ def test_price_histogram_bins_in_price_order():
         "http://[::1]/x.jpg",
     ],
 )
-def test_image_links_to_private_addresses_are_refused(url):
+def test_image_links_to_private_addresses_are_refused(url, monkeypatch):
+    """The link box goes through the one guard: refused before any connection is made."""
+    import socket
+
     from visual_search.errors import VisualSearchError
-    from visual_search.ui.common import check_public_url
+    from visual_search.ui.common import load_link
 
-    with pytest.raises(VisualSearchError, match="local or private address"):
-        check_public_url(url)
+    def no_connect(*args, **kwargs):
+        raise AssertionError("the guard let a private link reach the network")
 
-
-def test_public_image_links_pass_the_address_check():
-    from visual_search.ui.common import check_public_url
-
-    check_public_url("http://93.184.215.14/x.jpg")  # a literal public address: no DNS needed
+    monkeypatch.setattr(socket, "create_connection", no_connect)
+    monkeypatch.setattr(socket.socket, "connect", no_connect)
+    with pytest.raises(VisualSearchError) as caught:
+        load_link(url, allow_private=False)
+    assert "private" in str(caught.value).lower() or "local" in str(caught.value).lower()

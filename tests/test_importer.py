@@ -190,13 +190,107 @@ def test_parquet_and_repeated_uploads_get_their_own_folders(upload: Path, tmp_pa
     assert read_catalog(second).issues == []
 
 
-def test_csv_without_zip_keeps_urls_and_absolute_paths(upload: Path, tmp_path: Path) -> None:
+def test_csv_without_zip_keeps_urls_and_absolute_paths_for_the_operator(upload: Path, tmp_path: Path) -> None:
     photo = upload / "abs.jpg"
     photo.write_bytes(_jpeg())
-    csv = _csv(upload / "cat.csv", [("p1", str(photo), "shoes")])
-    catalog = read_catalog(prepare_upload(csv, None, tmp_path / "imports"))
-    assert catalog.issues == []
-    assert catalog.images[0].source == str(photo)
+    csv = _csv(upload / "cat.csv", [("p1", str(photo), "shoes"), ("p2", "https://example.com/x.jpg", "bags")])
+    copied = prepare_upload(csv, None, tmp_path / "imports")
+    operator = read_catalog(copied)  # no image_root: the CLI's view, any file may be named
+    assert operator.issues == []
+    assert [i.source for i in operator.images] == [str(photo), "https://example.com/x.jpg"]
+    confined = read_catalog(copied, image_root=copied.parent)  # the app's view of an upload
+    assert [i.source for i in confined.images] == ["https://example.com/x.jpg"]
+    assert [i.reason for i in confined.issues] == [f"image not found in the zip: {photo}"]
+
+
+# ---------------------------------------------------------------- confinement to the zip
+
+
+def test_uploaded_catalog_may_only_use_files_of_its_own_zip(upload: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.jpg"  # a real image outside the upload
+    secret.write_bytes(_jpeg())
+    not_image = tmp_path / "passwd"
+    not_image.write_text("root:x:0:0")
+    entries = [
+        str(secret),  # absolute, exists, an image
+        str(not_image),  # absolute, exists, not an image
+        str(tmp_path / "nonexistent.jpg"),  # absolute, missing
+        "../../secret.jpg",  # climbs out of the upload folder to the real file
+        "images/../../../secret.jpg",
+        "~/secret.jpg",
+        "link.jpg",  # a symlink inside the folder that leads out
+        "images/a.jpg",  # the only good one
+    ]
+    csv = _csv(upload / "cat.csv", [(f"p{i}", e, "x") for i, e in enumerate(entries)])
+    archive = _zip(upload / "imgs.zip", {"images/a.jpg": _jpeg()})
+    copied = prepare_upload(csv, archive, tmp_path / "imports")
+    (copied.parent / "link.jpg").symlink_to(secret)
+    assert (copied.parent / "../../secret.jpg").resolve() == secret.resolve()
+    catalog = read_catalog(copied, image_root=copied.parent)
+    assert [i.source for i in catalog.images] == [str((copied.parent / "images/a.jpg").resolve())]
+    reasons = {i.product_id: i.reason for i in catalog.issues}
+    assert len(reasons) == len(entries) - 1
+    # One message for all of them: nothing tells a file that exists outside from one that does not.
+    assert all(reasons[f"p{i}"] == f"image not found in the zip: {e}" for i, e in enumerate(entries[:-1]))
+
+
+def test_ui_import_reads_no_outside_file_and_fetches_no_private_link(upload: Path, tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    from visual_search import encoders
+    from visual_search.engine import SearchEngine
+    from visual_search.fetch import FetchPolicy, default_policy, set_default_policy
+    from visual_search.store import open_store
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            body = _jpeg()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    link = f"http://127.0.0.1:{server.server_address[1]}/img.jpg"
+    outside = tmp_path / "outside" / "pic.jpg"
+    outside.parent.mkdir()
+    outside.write_bytes(_jpeg((10, 200, 10)))
+    csv = _csv(
+        upload / "cat.csv",
+        [("inside", "a.jpg", "x"), ("outside", str(outside), "x"), ("local-link", link, "x")],
+    )
+    archive = _zip(upload / "imgs.zip", {"a.jpg": _jpeg()})
+    engine = SearchEngine(
+        encoders.create_encoder("test:tiny", device="cpu"), open_store(tmp_path / "idx", None, None)
+    )
+    before = default_policy()
+    set_default_policy(FetchPolicy())  # what the app runs with: public links only
+    try:
+        report = import_catalog(engine, csv, archive, tmp_path / "imports")
+        assert report.embedded == 1 and engine.status().products == 1
+        reasons = {i.product_id: i.reason for i in report.issues}
+        assert reasons["outside"] == f"image not found in the zip: {outside}"
+        assert "local or private address" in reasons["local-link"]
+        assert hits == []  # the loopback server never saw a request
+        # The operator (CLI) may name outside files and LAN hosts.
+        set_default_policy(FetchPolicy(allow_private=True))
+        report = import_catalog(engine, csv, archive, tmp_path / "imports", confine=False)
+        assert report.issues == [] and engine.status().products == 3
+        assert hits == ["/img.jpg", "/img.jpg"]  # hashed, then loaded
+    finally:
+        set_default_policy(before)
+        engine.close()
+        server.shutdown()
+        server.server_close()
 
 
 # ---------------------------------------------------------------- end to end

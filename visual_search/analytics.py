@@ -6,18 +6,31 @@ Logging must never break a search: write errors become a warning and the app kee
 
 Query photos are personal data; they are kept only when ``store_photos=True`` (as JPEG files next to
 the log, never inside it).
+
+Privacy and safety:
+
+- Sessions are logged as random pseudonyms (``secrets.token_urlsafe``), one per caller-given session
+  key for the life of the process: the log never holds Gradio's session hash, which a client picks
+  and which keys that client's live event stream.
+- ``retention_days`` (``--log-days``): at start and then once a day, events older than that are
+  dropped from the log, and query photos and CSV exports next to it older than that are deleted.
+- The CSV export escapes cells that a spreadsheet would run as a formula (OWASP CSV injection).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import secrets
+import tempfile
 import threading
-import uuid
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +62,17 @@ CSV_COLUMNS = (
     "photo_path",
 )
 
-# One lock per log file, shared by every SearchLog on that file in this process.
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection").
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+DEFAULT_RETENTION_DAYS = 30
+PRUNE_EVERY_S = 24 * 3600
+SESSION_ID_BYTES = 16  # token_urlsafe(16): 22 characters, 128 random bits
+_MAX_SESSIONS = 100_000  # pseudonyms remembered per log (oldest forgotten first)
+
+# One lock and one session-pseudonym table per log file, shared by every SearchLog on that file in
+# this process.
 _LOCKS: dict[Path, threading.Lock] = {}
+_SESSIONS: dict[Path, OrderedDict[str, str]] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -59,14 +81,104 @@ def _lock_for(path: Path) -> threading.Lock:
         return _LOCKS.setdefault(path, threading.Lock())
 
 
+def _sessions_for(path: Path) -> OrderedDict[str, str]:
+    with _LOCKS_GUARD:
+        return _SESSIONS.setdefault(path, OrderedDict())
+
+
+def new_session_id() -> str:
+    """A random, unguessable session id (128 bits, URL-safe)."""
+    return secrets.token_urlsafe(SESSION_ID_BYTES)
+
+
+def escape_csv_cell(value: Any) -> Any:
+    """Prefix a single quote to text a spreadsheet would run as a formula; other values unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
 class SearchLog:
     """Append-only event log for a pilot; cheap enough to call on every search."""
 
-    def __init__(self, path: Path, store_photos: bool = False) -> None:
+    def __init__(self, path: Path, store_photos: bool = False, retention_days: int | None = None) -> None:
+        """``retention_days``: keep events, photos and exports this many days (None or 0: forever)."""
         self.path = Path(path).expanduser().resolve()
         self.store_photos = bool(store_photos)
         self.photos_dir = self.path.parent / "photos"
+        if retention_days is not None and (isinstance(retention_days, bool) or int(retention_days) < 0):
+            raise ValueError(f"retention_days must be a whole number >= 0, got {retention_days!r}")
+        self.retention_days = int(retention_days) if retention_days else None
         self._lock = _lock_for(self.path)
+        self._sessions = _sessions_for(self.path)
+        self._next_prune = 0.0
+        self._maybe_prune()
+
+    # ------------------------------------------------------------ sessions
+
+    def session_id(self, session: str | None) -> str | None:
+        """The random pseudonym logged for a caller's session key (same key, same pseudonym)."""
+        if session is None:
+            return None
+        with self._lock:
+            pseudonym = self._sessions.get(session)
+            if pseudonym is None:
+                pseudonym = self._sessions[session] = new_session_id()
+                while len(self._sessions) > _MAX_SESSIONS:
+                    self._sessions.popitem(last=False)
+            else:
+                self._sessions.move_to_end(session)
+            return pseudonym
+
+    # ------------------------------------------------------------ retention
+
+    def _maybe_prune(self) -> None:
+        if self.retention_days is None or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        try:
+            self.prune()
+        except OSError as exc:  # retention must never break logging either
+            log.warning("Analytics: retention clean-up of %s failed (%s)", self.path, exc)
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Apply ``retention_days`` now: drop older events from the log (rewritten atomically),
+        delete older query photos and CSV exports next to the log. Returns the events dropped.
+        Events without a readable timestamp are kept (this log only writes dated events)."""
+        if self.retention_days is None:
+            return 0
+        now = now or datetime.now(timezone.utc)
+        cutoff = now - timedelta(days=self.retention_days)
+        self._delete_older(self.photos_dir.glob("*.jpg"), cutoff)
+        self._delete_older(self.path.parent.glob(f"{self.path.stem}*.csv"), cutoff)
+        with self._lock:
+            try:
+                raw = self.path.read_bytes()
+            except FileNotFoundError:
+                return 0
+            kept: list[str] = []
+            dropped = 0
+            for line in raw.decode("utf-8", errors="replace").splitlines():
+                if not line.strip():
+                    continue
+                stamp = _timestamp(line)
+                if stamp is not None and stamp < cutoff:
+                    dropped += 1
+                else:
+                    kept.append(line)
+            if dropped:
+                _write_lines_atomic(self.path, kept)
+        if dropped:
+            log.info("Analytics: dropped %d events older than %d days", dropped, self.retention_days)
+        return dropped
+
+    @staticmethod
+    def _delete_older(paths: Any, cutoff: datetime) -> None:
+        limit = cutoff.timestamp()
+        for path in paths:
+            with contextlib.suppress(OSError):
+                if path.is_file() and path.stat().st_mtime < limit:
+                    path.unlink()
 
     # ------------------------------------------------------------ writing
 
@@ -85,14 +197,14 @@ class SearchLog:
         session: str | None = None,
     ) -> str:
         """Record one search; returns its query_id so clicks on its results can refer to it."""
-        query_id = uuid.uuid4().hex
+        query_id = secrets.token_hex(16)
         photo_path = self._save_photo(query_id, photo) if (photo is not None and self.store_photos) else None
         self._append(
             {
                 "timestamp": _now(),
                 "event": SEARCH,
                 "query_id": query_id,
-                "session": session,
+                "session": self.session_id(session),
                 "mode": mode,
                 "query_text": query_text,
                 "filters": _plain_filters(filters),
@@ -123,7 +235,7 @@ class SearchLog:
                 "timestamp": _now(),
                 "event": FEEDBACK,
                 "query_id": query_id,
-                "session": session,
+                "session": self.session_id(session),
                 "product_id": str(product_id),
                 "action": action,
                 "rank": None if rank is None else int(rank),
@@ -131,6 +243,7 @@ class SearchLog:
         )
 
     def _append(self, record: dict[str, Any]) -> None:
+        self._maybe_prune()
         try:
             line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
             with self._lock:
@@ -186,10 +299,12 @@ class SearchLog:
     def export_csv(self, out_path: Path | None = None) -> Path:
         """All events as one CSV for a spreadsheet (default: next to the log, same name, .csv)."""
         out = Path(out_path) if out_path is not None else self.path.with_suffix(".csv")
-        rows = [_csv_row(r) for r in self.records()]
+        rows = [{k: escape_csv_cell(v) for k, v in _csv_row(r).items()} for r in self.records()]
         frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS), dtype=object)  # keeps 3 as 3, not 3.0
         out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out, index=False)
+        # CRLF rows (RFC 4180): the csv module then quotes any cell holding a CR or LF, so a query text
+        # with a bare CR cannot split a row in two.
+        frame.to_csv(out, index=False, lineterminator="\r\n")
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -220,6 +335,30 @@ class SearchLog:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _timestamp(line: str) -> datetime | None:
+    """The event time of one log line (timezone-aware), or None when it has none readable."""
+    try:
+        record = json.loads(line)
+        stamp = datetime.fromisoformat(str(record["timestamp"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+
+
+def _write_lines_atomic(path: Path, lines: list[str]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write("".join(line + "\n" for line in lines).encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _plain_filters(filters: Any) -> Any:

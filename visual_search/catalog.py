@@ -168,9 +168,40 @@ def _resolve_image(entry: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
-def read_catalog(path: str | Path) -> Catalog:
-    """Parse and validate; never raises for a bad row, only for an unusable file."""
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def _confined_image(entry: str, root: Path) -> str | None:
+    """``entry`` as a file inside ``root`` (symlinks resolved), or None when it is not one.
+
+    Absolute paths, ``~``, ``..`` and links leading out are all None, exactly like a missing file,
+    so a row issue never tells a file outside the upload that exists from one that does not.
+    """
+    if is_url(entry):
+        return entry
+    text = entry.replace("\\", "/")
+    if text.startswith(("/", "~")) or _DRIVE.match(text) or "\x00" in text:
+        return None
+    if any(part == ".." for part in text.split("/")):
+        return None
+    try:
+        candidate = (root / text).resolve()
+        if not candidate.is_relative_to(root) or not candidate.is_file():
+            return None
+    except (OSError, ValueError):
+        return None
+    return str(candidate)
+
+
+def read_catalog(path: str | Path, *, image_root: str | Path | None = None) -> Catalog:
+    """Parse and validate; never raises for a bad row, only for an unusable file.
+
+    ``image_root`` confines local images to that folder (a catalog uploaded through the app may only
+    use the files of its own zip); http(s) links stay allowed and are fetched by the guarded fetch.
+    Without it (the operator's CLI) paths may point anywhere, relative to the catalog's folder.
+    """
     path = Path(path).resolve()
+    root = Path(image_root).resolve() if image_root is not None else None
     frame, row_offset = _read_frame(path)
     frame.columns = [str(c).strip().lower() for c in frame.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -209,10 +240,17 @@ def read_catalog(path: str | Path) -> Catalog:
         for entry in (e.strip() for e in raw_images.split("|")):
             if not entry:
                 continue
-            source = _resolve_image(entry, path.parent)
-            if not is_url(source) and not Path(source).is_file():
-                issues.append(RowIssue(row, pid, f"image file not found: {entry}"))
-                continue
+            if root is not None:
+                confined = _confined_image(entry, root)
+                if confined is None:
+                    issues.append(RowIssue(row, pid, f"image not found in the zip: {entry}"))
+                    continue
+                source = confined
+            else:
+                source = _resolve_image(entry, path.parent)
+                if not is_url(source) and not Path(source).is_file():
+                    issues.append(RowIssue(row, pid, f"image file not found: {entry}"))
+                    continue
             sources.append(source)
         if not sources:
             continue

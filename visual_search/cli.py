@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from .config import Settings, add_settings_arguments
-from .engine import SearchEngine, SearchResponse
+from .engine import SearchEngine, SearchResponse, check_query_options
 from .errors import VisualSearchError
 from .evaluate import add_evaluate_parser
+from .fetch import FetchPolicy, set_default_policy
 from .finetune import add_finetune_parser
 from .images import load_image
 from .types import SearchFilters
@@ -103,9 +104,13 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
         bar.n = done
         bar.refresh()
 
-    report = engine.index_catalog(args.catalog, sync=args.sync, batch_size=args.batch_size, progress=progress)
-    bar.close()
-    engine.close()
+    try:
+        report = engine.index_catalog(
+            args.catalog, sync=args.sync, batch_size=args.batch_size, progress=progress
+        )
+    finally:
+        bar.close()
+        engine.close()
     if args.json:
         data = asdict(report)
         data["issues"] = [str(i) for i in report.issues]
@@ -121,18 +126,23 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
 def _search(args: argparse.Namespace, settings: Settings) -> int:
     if not args.image and not (args.text or "").strip():
         raise VisualSearchError("Give --image PATH, --text TEXT, or both.")
-    photo = load_image(args.image) if args.image else None  # a bad photo fails before the model loads
+    # Bad options and a bad photo fail before the model loads (the engine checks again, same words).
+    filters = filters_from_args(args)
+    options = check_query_options(args.top_k, args.threshold, args.text_weight)
+    photo = load_image(args.image) if args.image else None
     engine = SearchEngine.from_settings(settings)
-    response = engine.search(
-        image=photo,
-        text=args.text,
-        text_weight=args.text_weight,
-        filters=filters_from_args(args),
-        top_k=args.top_k,
-        score_threshold=args.threshold,
-        remove_background=args.remove_background,
-    )
-    engine.close()
+    try:
+        response = engine.search(
+            image=photo,
+            text=args.text,
+            text_weight=options.text_weight,
+            filters=filters,
+            top_k=options.top_k,
+            score_threshold=options.score_threshold,
+            remove_background=args.remove_background,
+        )
+    finally:
+        engine.close()
     print(_response_json(response) if args.json else _response_text(response))
     return 0
 
@@ -140,8 +150,10 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
 @command("info")
 def _info(args: argparse.Namespace, settings: Settings) -> int:
     engine = SearchEngine.from_settings(settings)
-    status = engine.status()
-    engine.close()
+    try:
+        status = engine.status()
+    finally:
+        engine.close()
     if args.json:
         print(json.dumps(asdict(status), indent=2, default=str))
     else:
@@ -151,6 +163,10 @@ def _info(args: argparse.Namespace, settings: Settings) -> int:
         print(f"backend:   {s.backend} at {s.location}")
         print(f"index:     {status.products} products, {s.points} images, built by {s.model_id or '-'}")
         print(f"indexed:   {status.last_indexed or 'never'}")
+        if s.model_id and s.model_id != status.model_id:
+            print(
+                f"note:      searches are refused: the index was built by {s.model_id}, not {status.model_id}"
+            )
     return 0
 
 
@@ -184,6 +200,8 @@ def _response_json(response: SearchResponse) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The operator runs the CLI: catalog and query links may point at LAN or local hosts.
+    set_default_policy(FetchPolicy(allow_private=True))
     try:
         return COMMANDS[args.command](args, Settings.from_args(args))
     except VisualSearchError as exc:

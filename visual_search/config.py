@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MODEL = "ViT-B-32@laion2b_s34b_b79k"
 DEFAULT_BG_MODEL = "u2netp"
+DEFAULT_LOG_DAYS = 30  # pilot analytics retention (events, query photos, exports)
 SAMPLE_CATALOG = Path(__file__).resolve().parent.parent / "sample_catalog" / "catalog.csv"
 
 
@@ -21,6 +23,8 @@ class Settings:
     qdrant_api_key: str | None = None
     collection: str = "products"
     bg_model: str = DEFAULT_BG_MODEL
+    log_days: int = DEFAULT_LOG_DAYS  # 0 keeps the analytics log forever
+    runtime: str = "auto"  # torch | onnx | onnx-int8 | auto (visual_search.device.pick_runtime)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -33,6 +37,8 @@ class Settings:
             qdrant_api_key=env.get("QDRANT_API_KEY") or None,
             collection=env.get("VS_COLLECTION", "products"),
             bg_model=env.get("VS_BG_MODEL", DEFAULT_BG_MODEL),
+            log_days=_log_days(env.get("VS_LOG_DAYS")),
+            runtime=env.get("VS_RUNTIME") or "auto",
         )
 
     @classmethod
@@ -46,7 +52,42 @@ class Settings:
             qdrant_api_key=args.qdrant_api_key or base.qdrant_api_key,
             collection=args.collection or base.collection,
             bg_model=args.bg_model or base.bg_model,
+            log_days=base.log_days if getattr(args, "log_days", None) is None else args.log_days,
+            runtime=getattr(args, "runtime", None) or base.runtime,
         )
+
+
+def _log_days(value: str | None) -> int:
+    """VS_LOG_DAYS as days; unset or unreadable gives the default (never 'forever' by accident)."""
+    try:
+        days = int(value) if value and value.strip() else DEFAULT_LOG_DAYS
+    except ValueError:
+        days = -1
+    if days < 0:
+        warnings.warn(f"VS_LOG_DAYS={value!r} is not 0 or more days; using {DEFAULT_LOG_DAYS}", stacklevel=2)
+        return DEFAULT_LOG_DAYS
+    return days
+
+
+def _days(value: str) -> int:
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of days, got {value!r}") from None
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"0 or more days, got {days}")
+    return days
+
+
+def add_log_days_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--log-days N`` for the app: pilot analytics retention (pass Settings.log_days to
+    ``SearchLog(retention_days=...)``)."""
+    parser.add_argument(
+        "--log-days",
+        type=_days,
+        help=f"delete pilot analytics events, query photos and exports older than N days, at start and "
+        f"daily (VS_LOG_DAYS; default {DEFAULT_LOG_DAYS}; 0 keeps them forever)",
+    )
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +99,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         "ViT-B-32@/path/weights.safetensors, local-dir:/path, timm:efficientnet_lite0@/path.pth",
     )
     g.add_argument("--device", help="cpu, cuda, cuda:1 (VS_DEVICE; default: CUDA when present)")
+    g.add_argument(
+        "--runtime",
+        choices=("auto", "torch", "onnx", "onnx-int8"),
+        help="CPU inference runtime (VS_RUNTIME; default auto: ONNX Runtime int8 on CPU, torch on CUDA)",
+    )
     g.add_argument("--data-dir", help="embedded index folder (VS_DATA_DIR; default ./data)")
     g.add_argument("--qdrant-url", help="remote Qdrant server/cluster URL (QDRANT_URL); default: embedded")
     g.add_argument("--qdrant-api-key", help="API key for the remote Qdrant (QDRANT_API_KEY)")

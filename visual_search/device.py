@@ -1,10 +1,22 @@
-"""The one place that decides where models run."""
+"""The one place that decides where models run, and with which inference runtime."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
+
+from visual_search.errors import VisualSearchError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+# Measured default on CPU (bench/RESULTS.md "CPU inference runtime", visual_search/runtime.py): ONNX
+# Runtime with int8 matrix multiplies runs ViT-B-32 ~4x faster than eager torch at cosine >= 0.9998, and
+# holds cosine 1.0000 on EfficientNet-Lite0's real weights (its convolutions stay fp32). A tower whose
+# int8 cosine falls under 0.99 is served in ONNX fp32 instead; a model that will not export stays on torch.
+CPU_DEFAULT_RUNTIME = "onnx-int8"
 
 
 def pick_device(preference: str | None = None) -> str:
@@ -17,6 +29,22 @@ def pick_device(preference: str | None = None) -> str:
     if wanted.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {wanted!r} was asked for but CUDA is not available; use --device cpu")
     return wanted
+
+
+def pick_runtime(requested: str | None, device: str) -> str:
+    """torch, onnx or onnx-int8 for ``device``. ``requested`` (or VS_RUNTIME) is one of those or "auto".
+
+    CUDA (and MPS) keep torch, with fp16 autocast on CUDA (``uses_half_precision``): the ONNX path is a CPU
+    path. On the CPU "auto" means CPU_DEFAULT_RUNTIME.
+    """
+    wanted = (requested or os.environ.get("VS_RUNTIME") or "auto").strip().lower()
+    if wanted not in (*RUNTIMES, "auto"):
+        raise VisualSearchError(f"Unknown runtime {wanted!r}; use one of {', '.join(RUNTIMES)} or auto.")
+    if not device.startswith("cpu"):
+        if wanted not in ("auto", "torch"):
+            log.warning("runtime %s runs on the CPU only; using torch on %s", wanted, device)
+        return "torch"
+    return CPU_DEFAULT_RUNTIME if wanted == "auto" else wanted
 
 
 def uses_half_precision(device: str) -> bool:

@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from visual_search.device import pick_device, uses_half_precision
+from visual_search.device import pick_device, pick_runtime, uses_half_precision
 from visual_search.errors import ModelUnavailableError, UnsupportedQueryError
 
 __all__ = [
@@ -114,6 +114,8 @@ class Encoder(ABC):
     preprocess: Callable[[Image.Image], torch.Tensor]
     model: torch.nn.Module
 
+    runtime: str = "torch"  # what runs the towers: torch, onnx, onnx-int8 (visual_search.runtime)
+    towers: dict[str, Any] = {}  # ONNX towers by "image"/"text", set by runtime.accelerate
     _pool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
@@ -127,6 +129,29 @@ class Encoder(ABC):
     def _encode_text_batch(self, texts: list[str]) -> torch.Tensor:
         raise self._text_unsupported()
 
+    @staticmethod
+    def image_forward(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        """The torch image tower as a function of the model: what ONNX export traces."""
+        raise NotImplementedError
+
+    @staticmethod
+    def text_forward(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _run_tower(
+        self, name: str, inputs: torch.Tensor, torch_forward: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        """The ONNX tower when one is attached and still matches the weights, else torch."""
+        tower = self.towers.get(name)
+        if tower is not None and tower.fresh(self.model):
+            return torch.from_numpy(tower.run(inputs.cpu().numpy()))
+        return torch_forward()
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed (n, 3, H, W) pixels -> raw features through the chosen runtime (for benchmarks)."""
+        with torch.inference_mode(), self._autocast():
+            return self._run_tower("image", pixels, lambda: self._encode_image_batch(pixels))
+
     def _text_unsupported(self) -> UnsupportedQueryError:
         return UnsupportedQueryError(
             f"Model {self.spec} embeds images only; text search needs a CLIP model such as {DEFAULT_MODEL} "
@@ -139,8 +164,11 @@ class Encoder(ABC):
         if isinstance(images, Image.Image):
             raise TypeError("embed_images takes a list of images, not a single image")
         return self._batched(
-            list(images), batch_size, lambda batch: self._encode_image_batch(self._preprocess_batch(batch))
+            list(images), batch_size, lambda batch: self._image_features(self._preprocess_batch(batch))
         )
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._run_tower("image", pixels, lambda: self._encode_image_batch(pixels))
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Strings -> L2-normalised float32 array (len(texts), dim). Image-only models raise
@@ -220,8 +248,18 @@ class OpenClipEncoder(Encoder):
         return self.model.encode_image(pixels)
 
     def _encode_text_batch(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts).to(self.device, non_blocking=True)
-        return self.model.encode_text(tokens)
+        tokens = self.tokenizer(texts)
+        return self._run_tower(
+            "text", tokens, lambda: self.model.encode_text(tokens.to(self.device, non_blocking=True))
+        )
+
+    @staticmethod
+    def image_forward(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        return model.encode_image(pixels)
+
+    @staticmethod
+    def text_forward(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        return model.encode_text(tokens)
 
 
 class TimmEncoder(Encoder):
@@ -242,6 +280,10 @@ class TimmEncoder(Encoder):
 
     def _encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixels)
+
+    @staticmethod
+    def image_forward(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        return model(pixels)
 
 
 def _open_clip_dim(model: torch.nn.Module, device: str) -> int:
@@ -271,13 +313,30 @@ def register_encoder(prefix: str) -> Callable[[Builder], Builder]:
     return decorate
 
 
-def create_encoder(spec: str, device: str | None = None, cache_dir: str | None = None) -> Encoder:
+def create_encoder(
+    spec: str, device: str | None = None, cache_dir: str | None = None, runtime: str | None = "torch"
+) -> Encoder:
     """Build the encoder for a model spec (grammar in the module docstring).
 
     ``device``: None picks via visual_search.device.pick_device (CUDA if present, VS_DEVICE overrides).
-    ``cache_dir``: where downloads go (default: the huggingface_hub / timm caches).
+    ``cache_dir``: where downloads go (default: the huggingface_hub / timm caches); ONNX exports go
+    under ``cache_dir``/onnx (default ``$VS_ONNX_CACHE`` or ~/.cache/visual_search/onnx).
+    ``runtime``: "torch" (default: exact fp32 eager, what training and evaluation code wants), "onnx",
+    "onnx-int8", or "auto"/None (visual_search.device.pick_runtime: VS_RUNTIME, else the measured CPU
+    default; torch on CUDA). The app passes its --runtime setting. ``model_id`` is the same for every
+    runtime (figures in visual_search.runtime).
     Raises ModelUnavailableError with a message for people when weights cannot be loaded.
     """
+    encoder = _create(spec, device, cache_dir)
+    chosen = pick_runtime(runtime, encoder.device)
+    if chosen != "torch":
+        from visual_search.runtime import accelerate
+
+        accelerate(encoder, chosen, cache_dir)
+    return encoder
+
+
+def _create(spec: str, device: str | None, cache_dir: str | None) -> Encoder:
     spec = (spec or "").strip()
     if not spec:
         raise ModelUnavailableError(f"No model given; use e.g. --model {DEFAULT_MODEL} or --model test:tiny")

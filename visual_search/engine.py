@@ -6,6 +6,8 @@ hands out only dataclasses, PIL images and numpy arrays.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import threading
 import time
@@ -22,7 +24,13 @@ from PIL import Image
 from .catalog import MAX_IMAGES_PER_PRODUCT, Catalog, CatalogImage, RowIssue, point_id, read_catalog
 from .config import Settings
 from .encoders import Encoder, create_encoder
-from .errors import ImageError, UnsupportedQueryError, VisualSearchError
+from .errors import (
+    ImageError,
+    InvalidQueryError,
+    ModelMismatchError,
+    UnsupportedQueryError,
+    VisualSearchError,
+)
 from .images import (
     BackgroundRemoval,
     BackgroundRemovalUnavailable,
@@ -37,6 +45,72 @@ INDEXED_AT = "indexed_at"
 # Hashing and decoding are I/O + C code that release the GIL; URL catalogs need more than the core count.
 IO_WORKERS = min(8, (os.cpu_count() or 2) * 2)
 ProgressFn = Callable[[int, int], None]
+# Largest result list any caller may ask for (the UI and API cap lower); bounds the widening query.
+MAX_TOP_K = 1000
+# Scores are cosine similarities.
+MIN_SCORE, MAX_SCORE = -1.0, 1.0
+DEFAULT_TEXT_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    """Checked search options; built by check_query_options, the one place they are validated."""
+
+    top_k: int
+    score_threshold: float | None
+    text_weight: float
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise InvalidQueryError(f"{what} must be a number, not {value!r}.")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidQueryError(f"{what} must be a number, not {value!r}.") from None
+    if not math.isfinite(number):
+        raise InvalidQueryError(f"{what} must be a finite number, not {number}.")
+    return number
+
+
+def check_query_options(
+    top_k: Any = 12,
+    score_threshold: Any = None,
+    text_weight: Any = DEFAULT_TEXT_WEIGHT,
+    *,
+    max_top_k: int = MAX_TOP_K,
+) -> QueryOptions:
+    """Validate top_k (whole, 1..max_top_k), the score threshold (finite, within the cosine range
+    -1..1, None for none) and the text weight (finite, 0..1, None for the default).
+
+    Raises InvalidQueryError with a one-line message; the CLI, API and UI show it unchanged, so
+    keep the wording stable.
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, (numbers.Real, str)):
+        raise InvalidQueryError(f"top_k must be a whole number, not {top_k!r}.")
+    try:
+        k_float = float(top_k)
+    except ValueError:
+        raise InvalidQueryError(f"top_k must be a whole number, not {top_k!r}.") from None
+    if not math.isfinite(k_float) or not k_float.is_integer():
+        raise InvalidQueryError(f"top_k must be a whole number, not {top_k!r}.")
+    k = int(k_float)
+    if not 1 <= k <= max_top_k:
+        raise InvalidQueryError(f"top_k must be between 1 and {max_top_k}, got {k}.")
+    threshold = None
+    if score_threshold is not None:
+        threshold = _number(score_threshold, "The score threshold")
+        if not MIN_SCORE <= threshold <= MAX_SCORE:
+            raise InvalidQueryError(
+                f"The score threshold must be between {MIN_SCORE:g} and {MAX_SCORE:g} "
+                f"(cosine similarity), got {threshold:g}."
+            )
+    weight = DEFAULT_TEXT_WEIGHT
+    if text_weight is not None:
+        weight = _number(text_weight, "The text weight")
+        if not 0.0 <= weight <= 1.0:
+            raise InvalidQueryError(f"The text weight must be between 0 and 1, got {weight:g}.")
+    return QueryOptions(top_k=k, score_threshold=threshold, text_weight=weight)
 
 
 @dataclass(frozen=True)
@@ -105,12 +179,32 @@ class SearchEngine:
         self.background_remover = BackgroundRemover(bg_model)
         self._index_lock = threading.Lock()
 
+    def check_index_model(self) -> None:
+        """Refuse to query an index built with another model: vectors from two models live in
+        unrelated spaces, so the results would be noise even when the dimensions agree."""
+        stored_model, stored_dim = self.store.index_model()
+        model, dim = self.encoder.model_id, self.encoder.dim
+        if stored_model is not None and stored_model != model:
+            raise ModelMismatchError(
+                f"This index was built with model {stored_model} (dim {stored_dim}); this run uses {model} "
+                f"(dim {dim}). Search with --model {stored_model}, or index into another --data-dir."
+            )
+        if stored_model is None and stored_dim is not None and stored_dim != dim:
+            raise ModelMismatchError(
+                f"This index holds {stored_dim}-d vectors from an unknown model; this run uses {model} "
+                f"(dim {dim}). Re-index it with --model {model}, or pass another --data-dir."
+            )
+
     @classmethod
     def from_settings(cls, settings: Settings) -> SearchEngine:
         store = open_store(
             settings.data_dir, settings.qdrant_url, settings.qdrant_api_key, settings.collection
         )
-        encoder = create_encoder(settings.model, device=settings.device)
+        try:
+            encoder = create_encoder(settings.model, device=settings.device, runtime=settings.runtime)
+        except BaseException:
+            store.close()  # release the data-dir lock at once, not whenever the store is collected
+            raise
         return cls(encoder, store, bg_model=settings.bg_model)
 
     # ---------------------------------------------------------------- indexing
@@ -234,7 +328,7 @@ class SearchEngine:
                 "search with a photo or use a CLIP model."
             )
         if image is not None and text is not None:
-            weight = min(max(float(text_weight), 0.0), 1.0)
+            weight = check_query_options(1, None, text_weight).text_weight
             vec = (1.0 - weight) * self.encoder.embed_images([image])[0] + weight * self.encoder.embed_texts(
                 [text]
             )[0]
@@ -254,9 +348,13 @@ class SearchEngine:
         score_threshold: float | None = None,
         remove_background: bool = False,
     ) -> SearchResponse:
-        """Search by photo, text, or both. Raises VisualSearchError subclasses with human messages."""
+        """Search by photo, text, or both. Raises VisualSearchError subclasses with human messages
+        (InvalidQueryError for bad options, ModelMismatchError for an index of another model)."""
         started = time.perf_counter()
+        options = check_query_options(top_k, score_threshold, text_weight)
+        top_k, score_threshold, text_weight = options.top_k, options.score_threshold, options.text_weight
         filters = filters or SearchFilters()
+        self.check_index_model()
         notes: list[str] = []
         background: BackgroundRemoval | None = None
         photo = None if image is None else load_image(image)
@@ -323,7 +421,10 @@ class SearchEngine:
         positive example, so dislikes alone mean "away from these, still near my query".
         """
         started = time.perf_counter()
+        options = check_query_options(top_k, score_threshold)
+        top_k, score_threshold = options.top_k, options.score_threshold
         filters = filters or SearchFilters()
+        self.check_index_model()
         extra: list[np.ndarray] = []
         if query_vector is not None:
             extra = [np.asarray(query_vector, dtype=np.float32).reshape(-1)]

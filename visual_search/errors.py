@@ -27,3 +27,11 @@ class ModelMismatchError(VisualSearchError):
 
 class CatalogError(VisualSearchError):
     """The catalog file as a whole cannot be used (missing columns, unreadable file)."""
+
+
+class InvalidQueryError(VisualSearchError, ValueError):
+    """A search option is out of range (NaN price, top_k 0, threshold 5, ...).
+
+    Raised by SearchFilters and the engine's query-option check, the one place that validates;
+    the CLI, the API and the UI all show ``str(err)``, one line, as it is.
+    """

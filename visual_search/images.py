@@ -11,6 +11,10 @@ the app says so once and searches the whole photo instead.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import importlib.util
 import io
@@ -19,9 +23,6 @@ import os
 import re
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
+from visual_search import fetch as _fetch
 from visual_search.errors import ImageError
+from visual_search.fetch import FetchPolicy
 
 __all__ = [
     "EMBED_MAX_SIDE",
+    "LARGE_DECODE_PIXELS",
     "MAX_BYTES",
+    "MAX_DECODE_PIXELS",
     "MAX_PIXELS",
     "BackgroundRemoval",
     "BackgroundRemovalUnavailable",
@@ -46,8 +51,17 @@ __all__ = [
     "to_rgb",
 ]
 
-MAX_PIXELS = 100_000_000
-"""Hard refusal above this many pixels: decompression bombs and absurd scans, never real products."""
+MAX_PIXELS = 200_000_000
+"""Hard refusal above this many pixels (from the header, before decoding), whatever the format."""
+
+MAX_DECODE_PIXELS = 40_000_000
+"""Most pixels ever decoded at once. JPEG decodes at 1/2, 1/4 or 1/8 scale to stay under it (a
+200 MP JPEG costs 3 MP); formats Pillow cannot reduce while decoding (PNG, WebP, TIFF, ...) are
+refused above it from their header, since a 99 MP PNG would take 300-400 MB to decode."""
+
+LARGE_DECODE_PIXELS = 8_000_000
+"""Decodes above this many pixels run one at a time: eight concurrent 40 MP decodes would need
+1.3 GB at once; one at a time they need 160 MB, and the memory is handed back after the wave."""
 
 MAX_BYTES = 50 * 1024 * 1024
 """Largest file, download or upload we read into memory."""
@@ -68,7 +82,7 @@ _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _BOMB_PIXELS_RE = re.compile(r"\((\d+) pixels\)")
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
-_DOWNLOADABLE_TYPES = {"application/octet-stream", "binary/octet-stream"}
+_REDUCIBLE_FORMATS = ("JPEG", "MPO")  # Pillow's draft() scales these while decoding
 
 ImageSource = str | os.PathLike | bytes | Image.Image
 
@@ -82,16 +96,21 @@ def load_image(
     source: ImageSource,
     *,
     max_side: int | None = EMBED_MAX_SIDE,
-    timeout: float = 10.0,
+    timeout: float | None = None,
     max_bytes: int = MAX_BYTES,
+    policy: FetchPolicy | None = None,
 ) -> Image.Image:
     """Return ``source`` as an upright RGB image whose longest side is at most ``max_side``.
 
     ``source`` may be a file path, raw bytes (an upload), an ``http(s)://`` URL or a PIL image
     (which is not modified). Transparent areas become white, 16-bit and float images are scaled
     to 8 bits, EXIF orientation is applied and animations give their first frame.
-    ``max_side=None`` keeps the full resolution. Anything that cannot be used raises
-    :class:`ImageError` naming the source, never a Pillow traceback.
+    ``max_side=None`` keeps the full resolution (up to MAX_DECODE_PIXELS). Anything that cannot be
+    used raises :class:`ImageError` naming the source, never a Pillow traceback.
+
+    URLs always go through :func:`visual_search.fetch.fetch` under ``policy`` (default: the
+    process's default policy, public hosts only unless the app or CLI said otherwise);
+    ``timeout`` and ``max_bytes`` tighten that policy's deadline and byte cap.
     """
     if max_side is not None and max_side < 1:
         raise ValueError("max_side must be a positive number of pixels or None")
@@ -103,7 +122,7 @@ def load_image(
         data, label = bytes(source), "the uploaded file"
     elif isinstance(source, str) and _URL_RE.match(source.strip()):
         url = source.strip()
-        data, label = _download(url, timeout=timeout, max_bytes=max_bytes), _short(url)
+        data, label = _download(url, timeout, max_bytes, policy), _short(url)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(os.fspath(source)).expanduser()
         data, label = _read_file(path, max_bytes), f"'{path.name}'"
@@ -131,7 +150,11 @@ def bytes_sha256(data: bytes) -> str:
 
 
 def source_sha256(
-    source: str | os.PathLike | bytes, *, timeout: float = 10.0, max_bytes: int = MAX_BYTES
+    source: str | os.PathLike | bytes,
+    *,
+    timeout: float | None = None,
+    max_bytes: int = MAX_BYTES,
+    policy: FetchPolicy | None = None,
 ) -> str:
     """Content hash of a catalog image source (path, http(s) URL or bytes), for skipping unchanged
     images. URLs are downloaded (same caps as :func:`load_image`): a URL can keep its name and
@@ -139,7 +162,7 @@ def source_sha256(
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes_sha256(bytes(source))
     if isinstance(source, str) and _URL_RE.match(source.strip()):
-        return bytes_sha256(_download(source.strip(), timeout=timeout, max_bytes=max_bytes))
+        return bytes_sha256(_download(source.strip(), timeout, max_bytes, policy))
     path = Path(os.fspath(source)).expanduser()
     _stat_file(path, max_bytes)
     try:
@@ -154,7 +177,7 @@ def _stat_file(path: Path, max_bytes: int) -> None:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise ImageError(f"Image file {label} was not found (looked at {path}).") from None
+        raise ImageError(f"Image file {label} was not found.") from None
     except OSError as e:
         raise ImageError(f"Image file {label} cannot be read: {e.strerror or e}.") from None
     if path.is_dir():
@@ -173,55 +196,9 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
         raise ImageError(f"Image file {label} cannot be read: {e.strerror or e}.") from None
 
 
-def _download(url: str, *, timeout: float, max_bytes: int) -> bytes:
-    """Fetch an image over http(s) with a total deadline, a size cap and a content-type check.
-
-    Note: this fetches whatever URL it is given. A public deployment that accepts URLs from
-    strangers should put it behind an allow-list or an egress proxy.
-    """
-    label = _short(url)
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        raise ImageError(f"{label} is not an http(s) address; give a web link or a file instead.")
-    request = urllib.request.Request(url, headers={"User-Agent": "visual-search/0.1", "Accept": "image/*"})
-    deadline = time.monotonic() + timeout
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            ctype = resp.headers.get("Content-Type")
-            kind = resp.headers.get_content_type() if ctype else None
-            if kind is not None and not kind.startswith("image/") and kind not in _DOWNLOADABLE_TYPES:
-                raise ImageError(
-                    f"{label} is not an image: the server sent {kind}. "
-                    "Use the direct link to the picture (right-click it, 'Copy image address')."
-                )
-            length = resp.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > max_bytes:
-                raise ImageError(f"{label} is {_mb(int(length))}; the limit is {_mb(max_bytes)}.")
-            chunks, total = [], 0
-            while chunk := resp.read(1 << 16):
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > max_bytes:
-                    raise ImageError(f"{label} is larger than the limit of {_mb(max_bytes)}.")
-                if time.monotonic() > deadline:
-                    raise TimeoutError
-            return b"".join(chunks)
-    except ImageError:
-        raise
-    except urllib.error.HTTPError as e:
-        raise ImageError(f"Could not download {label}: the server answered {e.code} {e.reason}.") from None
-    except urllib.error.URLError as e:
-        reason = e.reason
-        if isinstance(reason, TimeoutError):
-            raise ImageError(f"Could not download {label}: no answer within {timeout:g} seconds.") from None
-        why = getattr(reason, "strerror", None) or str(reason)
-        raise ImageError(
-            f"Could not reach {parts.netloc} to download {label} ({why}). Check the address and the network."
-        ) from None
-    except TimeoutError:
-        raise ImageError(f"Could not download {label}: no answer within {timeout:g} seconds.") from None
-    except (OSError, ValueError) as e:
-        raise ImageError(f"Could not download {label}: {e}.") from None
+def _download(url: str, timeout: float | None, max_bytes: int, policy: FetchPolicy | None) -> bytes:
+    """The guarded fetch (see visual_search.fetch): the only way this module reads a URL."""
+    return _fetch.fetch(url, _fetch.with_limits(policy, timeout_s=timeout, max_bytes=max_bytes)).data
 
 
 def _decode(data: bytes, label: str, max_side: int | None) -> Image.Image:
@@ -234,37 +211,122 @@ def _decode(data: bytes, label: str, max_side: int | None) -> Image.Image:
         raise ImageError(_too_many_pixels(int(match.group(1)) if match else None, label)) from None
     except Exception:  # noqa: BLE001 - any Pillow failure on untrusted bytes means "not an image"
         raise ImageError(_not_an_image(data, label)) from None
-    with img:
-        _check_pixels(img.size, label)
-        if max_side is not None and img.format in ("JPEG", "MPO"):
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a 48 MP photo then costs 3 MP of work.
-            img.draft("RGB", _fit((img.width, img.height), max_side))
-        try:
-            img.load()  # animated GIF/WebP/APNG: Image.open stands on the first frame, the product shot
-        except Exception as e:  # noqa: BLE001 - truncated/corrupt data surfaces here, in any form
-            raise ImageError(
-                f"{_cap(label)} is damaged or incomplete and cannot be decoded ({_reason(e)}). "
-                "Try saving or downloading it again."
-            ) from None
-        return _sanitize(img, label, max_side)
+    in_wave = False
+    try:
+        with img:
+            reducible = img.format in _REDUCIBLE_FORMATS
+            _check_pixels(img.size, label, reducible=reducible)
+            if img.width * img.height > LARGE_DECODE_PIXELS:
+                in_wave = _wave_enter()  # memory goes back to the OS when the wave of big photos ends
+            if reducible:
+                # libjpeg decodes at 1/2, 1/4 or 1/8 scale: a 48 MP photo then costs 3 MP of work.
+                img.draft("RGB", _draft_request(img.size, max_side))
+                _check_pixels(img.size, label, reducible=False)
+            large = img.width * img.height > LARGE_DECODE_PIXELS
+            with _decode_gate if large else contextlib.nullcontext():  # large decodes one at a time
+                try:
+                    img.load()  # animated GIF/WebP/APNG: Image.open stands on the first frame
+                except Exception as e:  # noqa: BLE001 - truncated/corrupt data surfaces here, in any form
+                    raise ImageError(
+                        f"{_cap(label)} is damaged or incomplete and cannot be decoded ({_reason(e)}). "
+                        "Try saving or downloading it again."
+                    ) from None
+                return _sanitize(img, label, max_side)
+    finally:
+        if in_wave:
+            _wave_leave()  # after img is closed, so its full-size buffer is already freed
 
 
-def _check_pixels(size: tuple[int, int], label: str) -> None:
-    """Refuse images that are too large (or have no pixels) using only their header size."""
+def _draft_request(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """The size to ask draft() for: at most max_side, and small enough that the decode stays
+    under MAX_DECODE_PIXELS (draft picks the strongest power-of-two reduction still >= request)."""
+    width, height = size
+    divisor = 1
+    while divisor < 8 and math.ceil(width / divisor) * math.ceil(height / divisor) > MAX_DECODE_PIXELS:
+        divisor *= 2
+    request = (math.ceil(width / divisor), math.ceil(height / divisor))
+    if max_side is not None:
+        fit = _fit(size, max_side)
+        request = (min(request[0], fit[0]), min(request[1], fit[1]))
+    return request
+
+
+_decode_gate = threading.Lock()
+_wave_lock = threading.Lock()
+_wave_size = 0
+
+
+def _wave_enter() -> bool:
+    global _wave_size
+    with _wave_lock:
+        _wave_size += 1
+    return True
+
+
+def _wave_leave() -> None:
+    """The last big photo of a wave hands the freed memory back to the OS."""
+    global _wave_size
+    with _wave_lock:
+        _wave_size -= 1
+        last = _wave_size == 0
+    if last:
+        release_memory()
+
+
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+"""Allocations at least this big get their own mmap (glibc), so freeing one returns it to the OS.
+
+glibc raises its mmap threshold to the size of the largest block freed (up to 32 MB), after which
+Pillow's 16 MB image blocks come from the heap and stay there, fragmented between other
+allocations. A fixed threshold keeps decoded photos out of the heap; model inference at batch 1
+rarely allocates this much at once."""
+
+
+def _load_libc() -> Any:
+    try:
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    except (OSError, AttributeError):
+        return None
+
+
+_libc = _load_libc()
+if _libc is not None and hasattr(_libc, "mallopt"):
+    _M_MMAP_THRESHOLD = -3
+    _libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def release_memory() -> None:
+    """Collect garbage and ask glibc to return free heap pages (large decodes fragment it)."""
+    gc.collect()
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _check_pixels(size: tuple[int, int], label: str, *, reducible: bool = True) -> None:
+    """Refuse images that are too large (or have no pixels) using only their header size.
+
+    ``reducible=False``: the image would be decoded at this size, so MAX_DECODE_PIXELS applies.
+    """
     width, height = size
     if width < 1 or height < 1:
         raise ImageError(f"{_cap(label)} has no pixels ({width}x{height}).")
+    if not reducible and width * height > MAX_DECODE_PIXELS:
+        raise ImageError(_too_many_pixels(width * height, label, size, limit=MAX_DECODE_PIXELS))
     if width * height > MAX_PIXELS:
         raise ImageError(_too_many_pixels(width * height, label, size))
 
 
-def _too_many_pixels(pixels: int | None, label: str, size: tuple[int, int] | None = None) -> str:
-    limit = f"the limit is {MAX_PIXELS // 1_000_000} megapixels"
+def _too_many_pixels(
+    pixels: int | None, label: str, size: tuple[int, int] | None = None, *, limit: int = MAX_PIXELS
+) -> str:
+    limit_text = f"the limit is {limit // 1_000_000} megapixels"
     if pixels is None:
-        return f"{_cap(label)} is too large; {limit}. Please use a smaller photo."
+        return f"{_cap(label)} is too large; {limit_text}. Please use a smaller photo."
     dims = f" ({size[0]}x{size[1]})" if size else ""
     return (
-        f"{_cap(label)} is {pixels / 1e6:.0f} megapixels{dims}; {limit}. "
+        f"{_cap(label)} is {pixels / 1e6:.0f} megapixels{dims}; {limit_text}. "
         "Please use a smaller version of the photo."
     )
 

@@ -5,7 +5,8 @@ leave the upload folder (zip-slip), no symbolic links, no encrypted members, a b
 members, bounded total size and no compression bombs. Only image files are extracted.
 
 Each upload gets its own folder (``<dest_root>/<timestamp>-<name>/``) that must be kept: the index
-stores the images' absolute paths, and the app shows them from there.
+stores the images' absolute paths, and the app shows them from there. An uploaded catalog may only
+use images inside its own upload folder (see :func:`import_catalog`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from .catalog import read_catalog
 from .errors import CatalogError
 
 if TYPE_CHECKING:
@@ -83,10 +85,19 @@ def import_catalog(
     zip_path: Path | None,
     dest_root: Path,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    confine: bool = True,
 ) -> IndexReport:
-    """prepare_upload, then index the copied catalog (bad rows come back in the report's issues)."""
+    """prepare_upload, then index the copied catalog (bad rows come back in the report's issues).
+
+    ``confine`` (the default, for uploads from the app): local images must be files of the upload's
+    own zip; absolute paths, ``..`` and links out are reported as "image not found in the zip",
+    never read. Image links go through the guarded fetch under the process's default policy
+    (public hosts only in the app). ``confine=False`` is for the operator, who may name any file.
+    """
     copied = prepare_upload(csv_path, zip_path, dest_root)
-    return engine.index_catalog(copied, progress=progress)
+    catalog = read_catalog(copied, image_root=copied.parent if confine else None)
+    return engine.index_catalog(catalog, progress=progress)
 
 
 # ---------------------------------------------------------------- zip checks

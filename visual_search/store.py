@@ -10,8 +10,20 @@ Backends
 
                     <directory>/shard/      the Edge shard (owned by qdrant-edge, never touch)
                     <directory>/meta.json   {"model_id": ..., "dim": ..., "vector": "image", ...}
+                    <directory>/lock        fcntl.flock'ed by the one process that has the store open
 
-                meta.json is written atomically (temp file + rename) *before* the shard is created.
+                meta.json is written atomically (temp file + fsync + rename) and only *after* the
+                shard was created, so a failed create leaves the previous meta.json untouched. A crash
+                between the two leaves a shard without meta, which the next ensure_collection adopts
+                (dimension checked).
+
+                The lock is taken when the store is opened and held until close(): one process
+                (the app, or one CLI command) owns a data dir at a time; any other gets
+                "in use by another process (pid N)". Read-only commands (``info``, ``search``) take
+                it too: qdrant-edge locks the shard on load anyway, so reading beside a running app is
+                impossible, and an unlocked read of a shard being created would see half a store.
+                flock is released by the kernel when the holder dies (kill -9 included), so a stale
+                lock file never blocks a restart.
 ``RemoteStore`` qdrant-client against a Qdrant server/cluster (or an injected client, e.g.
                 ``QdrantClient(":memory:")`` in tests); the model id and dim live in the collection's
                 own ``metadata``.
@@ -32,9 +44,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,6 +76,13 @@ from .types import (
     IndexPoint,
     SearchFilters,
 )
+
+try:  # POSIX; on Windows the data-dir lock is skipped (qdrant-edge still locks the shard itself)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 VECTOR_NAME = "image"
 DEFAULT_COLLECTION = "products"
@@ -158,6 +179,12 @@ class VectorStore(ABC):
 
     @abstractmethod
     def info(self) -> CollectionInfo: ...
+
+    def index_model(self) -> tuple[str | None, int | None]:
+        """(model id, dim) the index was built with; (None, None) before anything was indexed.
+        Cheap (no count): the engine calls it on every query to refuse a mismatched model."""
+        info = self.info()
+        return info.model_id, info.dim
 
     def optimize(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Build/merge indexes after a bulk upsert (the engine calls it after indexing).
@@ -344,6 +371,58 @@ def _average_vector_query(positives: Sequence[np.ndarray], negatives: Sequence[n
 # ---------------------------------------------------------------------------------------------
 
 
+IN_USE_MESSAGE = (
+    "The index at this data dir is in use by another process{pid}. Stop it first, or pass another --data-dir."
+)
+
+
+class _DirLock:
+    """An exclusive, non-blocking ``fcntl.flock`` on ``<directory>/lock``, held until release().
+
+    The holder's pid is written into the file so the refusal can name it. The kernel drops the lock
+    when the holder exits or is killed, so no stale-lock cleanup is ever needed.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._fh: Any = None
+        if fcntl is None:
+            return
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fh = open(directory / "lock", "a+", encoding="ascii")  # noqa: SIM115 - held for the store's life
+        except OSError as exc:  # e.g. a read-only copy of an index: nothing can write it, nothing to guard
+            log.warning("Index lock not taken (%s); make sure no other process writes this index", exc)
+            return
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip()
+            fh.close()
+            if holder == str(os.getpid()):
+                raise StoreUnavailableError(
+                    "The index at this data dir is in use by this process already; close it first."
+                ) from None
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise StoreUnavailableError(IN_USE_MESSAGE.format(pid=pid)) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                fh.seek(0)
+                fh.truncate()
+            fh.close()  # closing the descriptor drops the flock
+
+    def __del__(self) -> None:  # an EdgeStore dropped without close() must not keep the dir locked
+        self.release()
+
+
 _OPTIMIZE_SCRIPT = (
     "import sys, qdrant_edge as qe; s = qe.EdgeShard.load(sys.argv[1]); s.optimize(); s.flush(); s.close()"
 )
@@ -440,13 +519,17 @@ class EdgeStore(VectorStore):
         self._shard: Any = None
         self._closed = False
         self._meta: dict[str, Any] | None = None
+        self._dir_lock: _DirLock | None = None
         if self.directory.exists() and not self.directory.is_dir():
-            raise StoreUnavailableError(
-                f"Cannot open the index at {self.directory}: it is a file, not a directory."
-            )
-        if self._shard_exists():
-            self._meta = self._read_meta()
-            self._shard = self._load_shard()
+            raise StoreUnavailableError("Cannot open the index: its data dir is a file, not a directory.")
+        self._dir_lock = _DirLock(self.directory)
+        try:
+            if self._shard_exists():
+                self._meta = self._read_meta()
+                self._shard = self._load_shard()
+        except BaseException:
+            self._dir_lock.release()
+            raise
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -459,9 +542,10 @@ class EdgeStore(VectorStore):
         try:
             meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
+            log.warning("Index metadata %s unreadable: %s", self.meta_path, exc)
             raise StoreUnavailableError(
-                f"The index metadata {self.meta_path} is unreadable ({exc}). Move {self.directory} aside "
-                "and re-index, or pass another --data-dir."
+                "The index metadata (meta.json) is unreadable. Move the index aside and re-index, or "
+                "pass another --data-dir."
             ) from exc
         return meta if isinstance(meta, dict) else None
 
@@ -470,14 +554,12 @@ class EdgeStore(VectorStore):
             return self._qe.EdgeShard.load(str(self.shard_dir))
         except Exception as exc:  # qdrant-edge raises plain Exception with a message
             msg = str(exc)
+            log.warning("Cannot load the Edge shard %s: %s", self.shard_dir, msg)
             if "WouldBlock" in msg or "lock" in msg.lower():
-                raise StoreUnavailableError(
-                    f"The index at {self.directory} is in use by another process (the app or an indexing "
-                    "run?). Stop it first, or pass another --data-dir."
-                ) from exc
+                raise StoreUnavailableError(IN_USE_MESSAGE.format(pid="")) from exc
             raise StoreUnavailableError(
-                f"The index at {self.directory} cannot be opened; it looks corrupt or was written by an "
-                f"incompatible qdrant-edge version ({msg}). Move it aside and re-index, or pass another --data-dir."
+                "The index at this data dir cannot be opened; it looks corrupt or was written by an "
+                "incompatible qdrant-edge version. Move it aside and re-index, or pass another --data-dir."
             ) from exc
 
     def _shard_config(self, dim: int) -> Any:
@@ -508,13 +590,9 @@ class EdgeStore(VectorStore):
             self._check_open()
             if self._shard is None:
                 meta = _meta_record(model_id, dim)
-                _write_json_atomic(self.meta_path, meta)  # before the shard: a shard always has meta
-                try:
-                    self._shard = qe.EdgeShard.create(str(self.shard_dir), self._shard_config(dim))
-                except Exception as exc:
-                    raise StoreUnavailableError(
-                        f"Cannot create the index at {self.directory}: {exc}"
-                    ) from exc
+                self._create_shard(dim)
+                # Only now: a failed create must leave the previous meta.json as it was.
+                _write_json_atomic(self.meta_path, meta)
                 self._meta = meta
             elif self._meta is None:  # a shard without our meta: adopt it if it fits
                 stored_dim = self._stored_dim()
@@ -532,16 +610,31 @@ class EdgeStore(VectorStore):
                 if field_name not in existing:
                     self._shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
 
+    def _create_shard(self, dim: int) -> None:
+        """EdgeShard.create; on failure remove what it left half-made (we hold the lock and the
+        shard folder was empty, so nothing else is lost) and raise a line for people."""
+        existed = self.shard_dir.exists()
+        try:
+            self._shard = self._qe.EdgeShard.create(str(self.shard_dir), self._shard_config(dim))
+        except Exception as exc:
+            log.warning("Cannot create the Edge shard %s: %s", self.shard_dir, exc)
+            if not existed:
+                shutil.rmtree(self.shard_dir, ignore_errors=True)
+            raise StoreUnavailableError(
+                "Cannot create the index in this data dir (is the disk full or read-only?); "
+                "the previous index metadata was kept."
+            ) from exc
+
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreUnavailableError(f"The index at {self.directory} has been closed.")
+            raise StoreUnavailableError("The index has been closed.")
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Any]:
         """Shared access for reads and upserts: yields the shard (None before ensure_collection).
         Waits while optimize()/close() hold the store, at most ``busy_timeout_s``."""
         busy = (
-            f"The index at {self.directory} is being optimised (HNSW build after indexing); "
+            "The index is being optimised (HNSW build after indexing); "
             "searches resume when it finishes. Try again in a minute."
         )
         with self._gate.shared(self.busy_timeout_s, busy):
@@ -550,7 +643,7 @@ class EdgeStore(VectorStore):
 
     def _writable(self, shard: Any) -> Any:
         if shard is None:
-            raise StoreUnavailableError(f"No index at {self.directory} yet; index a catalog first.")
+            raise StoreUnavailableError("No index in this data dir yet; index a catalog first.")
         return shard
 
     @property
@@ -725,6 +818,10 @@ class EdgeStore(VectorStore):
                 return _top(((h.value, h.count) for h in response.hits), limit)
         return _facet_from_payloads((h.payload for h in self.scroll()), key, limit)  # no index: read all
 
+    def index_model(self) -> tuple[str | None, int | None]:
+        meta = self._meta or {}
+        return meta.get("model_id"), meta.get("dim")
+
     def info(self) -> CollectionInfo:
         meta = self._meta or {}
         return CollectionInfo(
@@ -741,10 +838,14 @@ class EdgeStore(VectorStore):
                 return
             self._closed = True
             shard, self._shard = self._shard, None
-            if shard is not None:
-                with contextlib.suppress(Exception):
-                    shard.flush()
-                shard.close()
+            try:
+                if shard is not None:
+                    with contextlib.suppress(Exception):
+                        shard.flush()
+                    shard.close()
+            finally:
+                if self._dir_lock is not None:
+                    self._dir_lock.release()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1076,6 +1177,14 @@ class RemoteStore(VectorStore):
                 if exc.status_code != 400:  # 400: no keyword index on this field -> count ourselves
                     raise
         return _facet_from_payloads((h.payload for h in self.scroll()), key, limit)
+
+    def index_model(self) -> tuple[str | None, int | None]:
+        if self._meta is None:  # another process may have created the collection since we opened
+            with self._errors():
+                if self._client.collection_exists(self.collection):
+                    self._meta = self._read_meta()
+        meta = self._meta or {}
+        return meta.get("model_id"), meta.get("dim")
 
     def info(self) -> CollectionInfo:
         meta = self._meta or {}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .errors import InvalidQueryError
 
 # Payload keys every indexed point carries. Extra catalog columns live under ATTRS_KEY.
 PRODUCT_ID = "product_id"
@@ -38,6 +42,24 @@ class SearchFilters:
     max_price: float | None = None
     attributes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Validate once, here, for every caller (CLI, API, UI): a NaN price would otherwise reach
+        Qdrant's Rust code and panic, and min > max would silently match nothing."""
+        for name in ("categories", "brands"):
+            value = getattr(self, name)
+            if isinstance(value, str):  # "shoes" means ("shoes",), not ("s", "h", ...)
+                object.__setattr__(self, name, (value,))
+            elif not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        low = _price(self.min_price, "minimum")
+        high = _price(self.max_price, "maximum")
+        if low is not None and high is not None and low > high:
+            raise InvalidQueryError(
+                f"The minimum price ({low:g}) is above the maximum ({high:g}); swap them or clear one."
+            )
+        object.__setattr__(self, "min_price", low)
+        object.__setattr__(self, "max_price", high)
+
     def describe(self) -> str:
         """One line for people: what was applied."""
         parts: list[str] = []
@@ -55,6 +77,23 @@ class SearchFilters:
             if values:
                 parts.append(f"{key}: " + " or ".join(values))
         return "; ".join(parts) if parts else "no filters"
+
+
+def _price(value: Any, label: str) -> float | None:
+    """None, or a finite, non-negative float; InvalidQueryError with a one-line message otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise InvalidQueryError(f"The {label} price must be a number, not {value!r}.")
+    try:
+        price = float(value)
+    except ValueError:
+        raise InvalidQueryError(f"The {label} price must be a number, not {value!r}.") from None
+    if not math.isfinite(price):
+        raise InvalidQueryError(f"The {label} price must be a finite number, not {price}.")
+    if price < 0:
+        raise InvalidQueryError(f"The {label} price cannot be negative (got {price:g}).")
+    return price
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,14 @@ No Gradio layout here; handlers in ``tabs/`` and ``api.py`` build on these.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
-import socket
 import tempfile
 import threading
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from .. import audit, errors
 from ..analytics import SearchLog
 from ..engine import SearchEngine, SearchResponse
 from ..errors import VisualSearchError
+from ..fetch import default_policy
 from ..images import load_image
 from ..types import IMAGE_INDEX, SearchFilters
 from .render import image_url
@@ -98,35 +96,15 @@ def internal_error(exc: BaseException) -> str:
     return f"Something went wrong on our side ({type(exc).__name__}). Please try again."
 
 
-def check_public_url(url: str) -> None:
-    """Refuse links to loopback, private, link-local or reserved addresses (server-side request forgery).
-
-    Kept until the guarded fetch (visual_search.fetch) is merged; load_image then checks every link.
-    """
-    host = urllib.parse.urlsplit(url).hostname
-    if not host:
-        raise VisualSearchError("That image link has no host name.")
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except OSError:
-        raise VisualSearchError(f"Cannot find the host {host!r} of that image link.") from None
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global:
-            raise VisualSearchError(
-                f"The image link points at a local or private address ({host}); only public links are "
-                "fetched. Download the picture and upload it instead."
-            )
-
-
 def load_link(url: str, allow_private: bool) -> Image.Image:
-    """The one way the UI opens an image link (the Search button, the Load button)."""
+    """The one way the UI opens an image link (the Search button, the Load button).
+
+    Every link goes through visual_search.fetch (pinned address, redirects re-checked, deadline, byte cap).
+    """
     url = (url or "").strip()
     if not url.lower().startswith(("http://", "https://")):
         raise VisualSearchError("The image link must start with http:// or https://.")
-    if not allow_private:
-        check_public_url(url)
-    return load_image(url)
+    return load_image(url, policy=replace(default_policy(), allow_private=allow_private))
 
 
 # ---------------------------------------------------------------------------- widget values
