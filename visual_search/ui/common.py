@@ -12,6 +12,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -286,6 +287,7 @@ class UIContext:
     threshold: float = 0.0
     limiter: ClientLimiter = field(default_factory=lambda: ClientLimiter(MAX_SEARCHES_PER_CLIENT))
     _stats: audit.CatalogStats | None = None
+    _stats_at: float = 0.0
 
     @classmethod
     def create(cls, engine: SearchEngine, search_log: SearchLog | None, options: UIOptions) -> UIContext:
@@ -306,13 +308,17 @@ class UIContext:
             ClientLimiter(options.max_searches_per_client),
         )
 
-    def stats(self, refresh: bool = False) -> audit.CatalogStats:
-        if self._stats is None or refresh:
+    def stats(self, refresh: bool = False, max_age: float | None = None) -> audit.CatalogStats:
+        """Catalog statistics (a full read of the index), cached: recomputed on ``refresh`` or when
+        older than ``max_age`` seconds (another process may have imported meanwhile)."""
+        stale = max_age is not None and time.monotonic() - self._stats_at > max_age
+        if self._stats is None or refresh or stale:
             try:
                 self._stats = audit.catalog_stats(self.engine)
             except VisualSearchError as exc:
                 log.warning("catalog stats unavailable: %s", exc)
                 self._stats = audit.CatalogStats(0, 0, {}, {}, [])
+            self._stats_at = time.monotonic()
         return self._stats
 
     def log_search(
