@@ -21,6 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 from ui_fixtures import ADMIN_PASSWORD, ROOT, app_env, build_ui_catalog, free_port, wait_until_up
 
@@ -187,6 +188,7 @@ def test_admin_with_a_password_refuses_anonymous_calls(engine, tmp_path):
     app = create_app(engine, None, UIOptions(import_root=tmp_path / "imp"), surfaces)
     with TestClient(app) as client:
         assert client.get("/admin/config").status_code == 401
+        assert client.get("/admin", follow_redirects=False).headers["location"] == "/admin/"
         join = {"fn_index": 0, "data": [0.9, 10], "session_hash": "anon"}
         assert client.post("/admin/gradio_api/queue/join", json=join).status_code == 401
         assert client.post("/admin/login", data={"username": "admin", "password": "wrong"}).status_code != 200
@@ -353,6 +355,12 @@ def test_uploaded_photo_is_gone_once_answered(ui_app, tmp_path):
     answer = client.predict(image=handle_file(str(photo)), top_k=3, api_name="/search_image")
     assert answer["results"][0]["product_id"] == "paint-navy"
     assert not list(ui_app.gradio_cache.rglob(photo.name))
+    # Refused requests delete theirs too (a bad filter before the photo is even read).
+    refused = tmp_path / "refused-photo-77ab.jpg"
+    Image.open(ui_app.image_of("paint-navy")).save(refused)
+    with pytest.raises(AppError, match="above the maximum"):
+        client.predict(image=handle_file(str(refused)), min_price=9, max_price=1, api_name="/search_image")
+    assert not list(ui_app.gradio_cache.rglob(refused.name))
 
     # The browser path: the search button's handler gets Gradio's upload and deletes it too.
     uploaded = _upload(ui_app.url, photo)

@@ -77,16 +77,13 @@ class SearchAPI:
         text: str | None,
         request: gr.Request | None,
         photo: Image.Image | None = None,
-        upload: str | None = None,
     ) -> dict[str, Any]:
-        """Run one search under the client's limit; the upload is deleted once answered."""
+        """Run one search under the client's limit (the photo endpoints delete the upload)."""
         try:
             with self.ctx.limiter.slot(client_key(request)):
                 resp = fn()
         except USER_ERRORS as exc:
             raise gr.Error(public_message(exc), print_exception=False) from None
-        finally:
-            discard_upload(upload)
         out = self._api_response(resp, text)
         self.ctx.log_search(view_from_response(resp), text, photo, "api")
         return out
@@ -101,7 +98,6 @@ class SearchAPI:
         try:
             return load_image(Path(image))
         except USER_ERRORS as exc:
-            discard_upload(image)
             raise gr.Error(public_message(exc), print_exception=False) from None
 
     def _api_common(self, top_k, categories, brands, min_price, max_price, score_threshold):
@@ -142,7 +138,6 @@ class SearchAPI:
                 None,
                 request,
                 photo,
-                image,
             )
         finally:
             discard_upload(image)  # also when the request is refused before the search
@@ -218,7 +213,6 @@ class SearchAPI:
                 text,
                 request,
                 photo,
-                image,
             )
         finally:
             discard_upload(image)  # also when the request is refused before the search

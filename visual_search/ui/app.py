@@ -21,7 +21,7 @@ from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 
 from ..analytics import SearchLog
 from ..engine import SearchEngine
@@ -41,6 +41,9 @@ ADMIN_PATH = "/admin"
 # Gradio's cache of uploads and outputs: every 10 minutes, drop files older than an hour (uploads
 # are also deleted as soon as their search is answered; this is the backstop).
 DELETE_CACHE = (600, 3600)
+# A page load reuses catalog statistics this young (computing them reads the whole index); an
+# import through the admin of this process refreshes them at once.
+STATS_MAX_AGE_S = 300
 
 # Page-frame rules: Gradio prefixes css=... with its content container, so these go in <head>.
 HEAD_STYLE = """<meta name="theme-color" content="#4f46e5">
@@ -80,8 +83,8 @@ def build_shopper(ctx: UIContext) -> gr.Blocks:
         tab = build_search_tab(ctx)
         add_api_endpoints(ctx)
 
-        def on_load():  # the admin may have imported since this page was built
-            ctx.stats(refresh=True)
+        def on_load():  # an import (here or in another process) may have changed the catalog
+            ctx.stats(max_age=STATS_MAX_AGE_S)
             return (*_search_filters(ctx), header_html(ctx))
 
         demo.load(
@@ -191,6 +194,9 @@ def create_app(
         "mcp_server": False,
     }
     if surfaces.admin:
+        app.add_api_route(
+            ADMIN_PATH, lambda: RedirectResponse(ADMIN_PATH + "/"), methods=["GET"], include_in_schema=False
+        )
         admin = build_admin(ctx)
         admin.queue(default_concurrency_limit=serve.concurrency, max_size=64)
         gr.mount_gradio_app(app, admin, path=ADMIN_PATH, auth=surfaces.admin_auth, footer_links=[], **common)

@@ -7,23 +7,24 @@ No Gradio layout here; handlers in ``tabs/`` and ``api.py`` build on these.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
-from .. import audit, errors
+from .. import audit
 from ..analytics import SearchLog
 from ..engine import SearchEngine, SearchResponse
-from ..errors import VisualSearchError
+from ..errors import InvalidQueryError, VisualSearchError
 from ..fetch import default_policy
 from ..images import load_image
 from ..types import IMAGE_INDEX, SearchFilters
@@ -41,8 +42,8 @@ API_MAX_TOP_K = 100
 CHOICES_LIMIT = 2000
 MAX_SEARCHES_PER_CLIENT = 4
 
-# The engine's validation error (InvalidQueryError, a ValueError) where this version has one.
-InvalidQueryError: type[Exception] = getattr(errors, "InvalidQueryError", VisualSearchError)
+# What a handler shows the user as it is (one line, paths taken out): the engine's and the
+# filters' validation errors (InvalidQueryError, also a ValueError) and every other VisualSearchError.
 USER_ERRORS: tuple[type[Exception], ...] = (VisualSearchError, InvalidQueryError)
 
 
@@ -116,7 +117,8 @@ def build_filters(
     min_price: float | None,
     max_price: float | None,
 ) -> SearchFilters:
-    """Filters from widget values; VisualSearchError with a human message for impossible ranges."""
+    """Filters from widget values. Only the widgets' own conventions live here (an emptied number
+    box sends None, NaN or 0: no limit); SearchFilters validates the rest (InvalidQueryError)."""
 
     def as_tuple(value: Sequence[str] | str | None) -> tuple[str, ...]:
         if value is None or value == "":
@@ -125,26 +127,20 @@ def build_filters(
             value = [value]
         return tuple(str(v).strip() for v in value if str(v).strip())
 
-    def as_price(value: Any, label: str) -> float | None:
+    def as_price(value: Any) -> Any:
         if value is None or value == "":
             return None
         try:
             price = float(value)
         except (TypeError, ValueError):
-            raise VisualSearchError(f"The {label} price must be a number, not {value!r}.") from None
-        if np.isnan(price):
-            return None
-        if price < 0:
-            raise VisualSearchError(f"The {label} price cannot be negative.")
-        return price or None  # 0 means 'no limit' (an emptied number box sends 0)
+            return value  # SearchFilters says what is wrong with it
+        return None if math.isnan(price) or price == 0 else price
 
-    low, high = as_price(min_price, "minimum"), as_price(max_price, "maximum")
-    if low is not None and high is not None and low > high:
-        raise VisualSearchError(
-            f"The minimum price ({low:g}) is above the maximum ({high:g}); swap them or clear one."
-        )
     return SearchFilters(
-        categories=as_tuple(categories), brands=as_tuple(brands), min_price=low, max_price=high
+        categories=as_tuple(categories),
+        brands=as_tuple(brands),
+        min_price=as_price(min_price),
+        max_price=as_price(max_price),
     )
 
 
@@ -291,6 +287,7 @@ class UIContext:
     threshold: float = 0.0
     limiter: ClientLimiter = field(default_factory=lambda: ClientLimiter(MAX_SEARCHES_PER_CLIENT))
     _stats: audit.CatalogStats | None = None
+    _stats_at: float = 0.0
 
     @classmethod
     def create(cls, engine: SearchEngine, search_log: SearchLog | None, options: UIOptions) -> UIContext:
@@ -311,13 +308,17 @@ class UIContext:
             ClientLimiter(options.max_searches_per_client),
         )
 
-    def stats(self, refresh: bool = False) -> audit.CatalogStats:
-        if self._stats is None or refresh:
+    def stats(self, refresh: bool = False, max_age: float | None = None) -> audit.CatalogStats:
+        """Catalog statistics (a full read of the index), cached: recomputed on ``refresh`` or when
+        older than ``max_age`` seconds (another process may have imported meanwhile)."""
+        stale = max_age is not None and time.monotonic() - self._stats_at > max_age
+        if self._stats is None or refresh or stale:
             try:
                 self._stats = audit.catalog_stats(self.engine)
             except VisualSearchError as exc:
                 log.warning("catalog stats unavailable: %s", exc)
                 self._stats = audit.CatalogStats(0, 0, {}, {}, [])
+            self._stats_at = time.monotonic()
         return self._stats
 
     def log_search(
