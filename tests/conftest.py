@@ -12,6 +12,16 @@ import pytest
 from registry_assets import EFFICIENTNET_LITE0, U2NETP, fetch
 
 
+@pytest.fixture(autouse=True)
+def _restore_fetch_policy():
+    """The CLI's main() loosens the process-wide link policy for the operator; keep that out of other tests."""
+    from visual_search.fetch import default_policy, set_default_policy
+
+    before = default_policy()
+    yield
+    set_default_policy(before)
+
+
 @pytest.fixture(scope="session")
 def u2net_home() -> Path:
     """Folder holding the real rembg ``u2netp.onnx``; use it as U2NET_HOME."""
