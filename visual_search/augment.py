@@ -432,7 +432,8 @@ def close_up_photo(image: Image.Image, rng: random.Random, *, size: int = 512) -
     no studio mask), aspect 0.8-1.25, scaled to ``size``, with a colour cast; JPEG-compressed."""
     rgb = image.convert("RGB")
     mask = foreground_mask(rgb)
-    x0, y0, x1, y1 = (mask.getbbox() if mask is not None else None) or (0, 0, *rgb.size)
+    solid = mask.point(lambda v: 255 if v >= 128 else 0) if mask is not None else None  # not the soft halo
+    x0, y0, x1, y1 = (solid.getbbox() if solid is not None else None) or (0, 0, *rgb.size)
     bw, bh = x1 - x0, y1 - y0
     share = rng.uniform(0.4, 0.7)
     aspect = rng.uniform(0.8, 1.25)

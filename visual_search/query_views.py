@@ -65,8 +65,9 @@ MODES = ("auto", "off", "on")
 VIEW_NAMES = ("photo", "cutout", "box", "centre")
 FUSIONS = ("max", "mean", "rrf", "embed")
 RRF_K = 60
-AUTO_VIEWS: tuple[str, ...] = ("photo", "cutout", "box")
-AUTO_FUSION = "mean"
+AUTO_VIEWS: tuple[str, ...] = ("cutout", "box")
+AUTO_FUSION = "max"
+CENTRALITY_POWER = 2.0
 BOX_PADDING = 0.10  # the box view keeps 10% of the object's size around it, on every side
 CENTRE_SHARE = 0.6  # the centre view: the middle 60% of each side
 _MASK_WORK_SIDE = 256  # components are found on a copy this small (boxes are scaled back)
@@ -90,8 +91,9 @@ class Box:
 
     @property
     def score(self) -> float:
-        """The default-object order: big and central first."""
-        return self.area * self.centrality
+        """The default-object order: area x centrality^CENTRALITY_POWER (a shopper aims at what they
+        want, so a central object beats a somewhat bigger one at the edge)."""
+        return self.area * self.centrality**CENTRALITY_POWER
 
     def as_tuple(self) -> tuple[int, int, int, int]:
         return self.x0, self.y0, self.x1, self.y1
