@@ -1,8 +1,12 @@
 """Measure retrieval quality: Recall@1/5/10, MRR, nDCG@10, per category, with latency.
 
-``python -m visual_search evaluate --catalog CSV [--queries Q.csv | --synthetic N | --holdout]
---model SPEC [--model SPEC2 ...] [--remove-background off|on|both]`` compares models and settings in
-one run (one row per model x background-removal setting), as a Markdown table and JSON.
+``python -m visual_search evaluate --catalog CSV [--queries Q.csv | --synthetic N | --shopper N |
+--holdout] --model SPEC [--model SPEC2 ...] [--pipeline auto,off,on | --remove-background off|on|both]``
+compares models and settings in one run (one row per model x setting), as a Markdown table and JSON.
+
+Photo queries go through the object-aware pipeline (:func:`query_views.search_views`), ``auto`` by
+default, as in the app; ``--pipeline auto,off,on`` compares pipelines (``off`` = whole photo, ``on`` =
+today's background-removed cut-out). ``--remove-background`` keeps the old engine.search rows.
 
 Query sets
     * ``--queries Q.csv``: your own. Columns ``query_image`` and/or ``query_text``, ``expected`` (product
@@ -10,6 +14,9 @@ Query sets
       ``max_price``. Relative image paths are relative to the CSV.
     * ``--holdout``: for products with >= 2 images one image is held out of the index and used as
       the query (real photos, never seen by the index; only multi-image products take part).
+    * ``--shopper N``: N SYNTHETIC shopper photos per kind (augment.QUERY_KINDS: handheld, close_up,
+      clutter with a distractor product), reported per kind with one row per pipeline x kind; with
+      ``--holdout`` they are made from the held-out photos only (not in the index).
     * ``--synthetic N``: SYNTHETIC shopper photos (augment.shopper_photo): a catalog image pasted at a
       random scale and angle on a cluttered background, relit, JPEG-compressed; deterministic for
       ``--seed``. They derive from indexed images, so they are easier than real shopper photos:
