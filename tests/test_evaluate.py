@@ -38,6 +38,7 @@ from visual_search.evaluate import (
     percentile,
     recall_at_k,
     reciprocal_rank,
+    shopper_queries,
     synthetic_queries,
 )
 from visual_search.store import open_store
@@ -316,3 +317,54 @@ def test_cli_evaluate_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     assert main([*args, "--queries", str(tmp_path / "missing.csv")]) == 2
     err = capsys.readouterr().err
     assert "Query file not found" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------ shopper kinds x pipelines
+
+
+def _few_products_csv(tmp_path: Path, n: int = 6) -> Path:
+    catalog = read_catalog(SAMPLE)
+    csv_path = tmp_path / "few.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["product_id", "image", "title", "category"])
+        for p in catalog.products[::14][:n]:
+            writer.writerow([p.product_id, p.images[0].source, p.title, p.category])
+    return csv_path
+
+
+def test_shopper_queries_are_per_kind_and_deterministic(tmp_path: Path) -> None:
+    csv_path = _few_products_csv(tmp_path)
+    first = shopper_queries(csv_path, n=4, out_dir=tmp_path / "a", seed=5)
+    again = shopper_queries(csv_path, n=4, out_dir=tmp_path / "b", seed=5)
+    assert first.synthetic and "SYNTHETIC" in first.description and len(first) == 12
+    assert [q.category for q in first] == ["handheld"] * 4 + ["close_up"] * 4 + ["clutter"] * 4
+    for q1, q2 in zip(first, again, strict=True):
+        assert Path(q1.image).read_bytes() == Path(q2.image).read_bytes()
+        assert Path(q1.image).parent.name == q1.category
+    rows = list(csv.DictReader((tmp_path / "a" / "queries.csv").open()))
+    assert [r["kind"] for r in rows] == [q.category for q in first]
+    assert [q.image for q in load_queries(tmp_path / "a" / "queries.csv")] == [q.image for q in first]
+    with pytest.raises(VisualSearchError, match="Unknown query kind"):
+        shopper_queries(csv_path, n=1, out_dir=tmp_path / "c", kinds=["blurry"])
+
+
+def test_evaluate_pipeline_gives_one_row_per_pipeline_and_kind(tmp_path: Path, monkeypatch, capsys) -> None:
+    csv_path = _few_products_csv(tmp_path)
+    monkeypatch.setenv("VS_DEVICE", "cpu")
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no-rembg-model"))  # auto/on fall back to the photo
+    args = ["evaluate", "--catalog", str(csv_path), "--model", "test:tiny", "--data-dir", str(tmp_path / "d"),
+            "--no-progress", "--shopper", "2", "--pipeline", "auto,off,on", "--out-json", str(tmp_path / "r.json")]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("## Query pipelines per kind") :]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [tuple(c.strip() for c in r.split("|")[1:3]) for r in rows] == [
+        (p, k) for p in ("auto", "off", "on") for k in ("close_up", "clutter", "handheld", "**all**")
+    ]
+    assert all("2 (synthetic)" in r for r in rows if "**all**" not in r)
+    assert "Background removal is not available" in out
+    reports = json.loads((tmp_path / "r.json").read_text())["reports"]
+    assert [r["pipeline"] for r in reports] == ["auto", "off", "on"]
+    assert main([*args[:-4], "--pipeline", "sometimes"]) == 2
+    assert "Unknown pipeline" in capsys.readouterr().err

@@ -13,6 +13,11 @@ process and with any number of DataLoader workers.
   lighting change, blur, JPEG artefacts (``evaluate.synthetic_queries`` uses it).
 - :func:`train_augment` the fine-tuning augmentation: background change, random resized crop, flip,
   colour jitter.
+- :func:`shopper_query` the harder evaluation's query kinds (QUERY_KINDS), mirroring how shoppers
+  photograph things: ``handheld`` (the item cut out, held over a hand on an indoor background,
+  rotated up to 25 degrees), ``close_up`` (a tight off-centre crop of 40-70% of the item with a
+  colour cast) and ``clutter`` (the item small, near the centre, beside a different catalog product
+  on a busy surface).
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 __all__ = [
     "BACKGROUND_KINDS",
+    "QUERY_KINDS",
     "foreground_mask",
     "jpeg_artefacts",
     "paste_on_background",
     "random_background",
     "shopper_photo",
+    "shopper_query",
     "train_augment",
 ]
 
@@ -321,3 +328,171 @@ def train_augment(
     if jitter:
         image = _colour_jitter(image, rng, jitter)
     return image
+
+
+# ----------------------------------------------------------------------------------------------
+# Harder evaluation: shopper query kinds
+
+QUERY_KINDS = ("handheld", "close_up", "clutter")
+_SKIN_TONES = (
+    (241, 194, 167),
+    (224, 172, 138),
+    (198, 134, 99),
+    (161, 102, 67),
+    (112, 72, 46),
+    (234, 192, 160),
+)
+
+
+def _skin(rng: random.Random) -> tuple[int, int, int]:
+    tone = np.array(rng.choice(_SKIN_TONES), np.float32) * rng.uniform(0.85, 1.1)
+    return tuple(int(v) for v in tone.clip(0, 255))  # type: ignore[return-value]
+
+
+def _draw_hand(
+    draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], height: int, skin: tuple[int, int, int]
+) -> float:
+    """A palm under the lower half of ``box``, the wrist leaving the frame at the bottom, fingers
+    rising behind the item; returns the x of the thumb side (drawn later, over the item)."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    cx, cy = (x0 + x1) / 2, y0 + 0.7 * h
+    palm_w, palm_h = 0.75 * w, 0.5 * h
+    draw.ellipse([cx - palm_w / 2, cy - palm_h / 2, cx + palm_w / 2, cy + palm_h / 2], fill=skin)
+    draw.rectangle([cx - palm_w / 3, cy, cx + palm_w / 3, height], fill=skin)
+    finger_w = palm_w / 4.5
+    for i in range(4):
+        fx = cx - palm_w / 2 + finger_w * (i + 0.6) * 1.05
+        draw.rounded_rectangle(
+            [fx - finger_w / 2.4, y0 + 0.1 * h, fx + finger_w / 2.4, cy], finger_w / 2.4, fill=skin
+        )
+    return finger_w
+
+
+def _colour_cast(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A strong white-balance error (tungsten, shade, fluorescent green) plus a lighting change."""
+    gains = rng.choice(((1.18, 1.0, 0.78), (0.82, 0.97, 1.2), (0.92, 1.12, 0.9), (1.1, 0.95, 1.08)))
+    jitter = [g * rng.uniform(0.95, 1.05) for g in gains]
+    pixels = np.asarray(image.convert("RGB"), np.float32) * np.array(jitter, np.float32)
+    return _lighting(Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB"), rng)
+
+
+def _finish(photo: Image.Image, rng: random.Random) -> Image.Image:
+    if rng.random() < 0.4:
+        photo = photo.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
+    return jpeg_artefacts(photo, rng.randint(40, 80))
+
+
+def _item_rgba(image: Image.Image, mask: Image.Image | None) -> Image.Image:
+    """The product cut out to its box (RGBA; the whole photo when there is no studio mask)."""
+    rgb = image.convert("RGB")
+    if mask is None:
+        mask = foreground_mask(rgb)
+    if mask is None:
+        mask = Image.new("L", rgb.size, 255)
+    bbox = mask.getbbox() or (0, 0, *rgb.size)
+    item = rgb.crop(bbox).convert("RGBA")
+    item.putalpha(mask.crop(bbox))
+    return item
+
+
+def _scaled(item: Image.Image, side: float, rng: random.Random, max_angle: float) -> Image.Image:
+    factor = side / max(item.size)
+    item = item.resize(
+        (max(1, round(item.width * factor)), max(1, round(item.height * factor))), Image.Resampling.BICUBIC
+    )
+    if max_angle:
+        item = item.rotate(rng.uniform(-max_angle, max_angle), Image.Resampling.BICUBIC, expand=True)
+    return item
+
+
+def handheld_photo(image: Image.Image, rng: random.Random, *, size: int = 512) -> Image.Image:
+    """The item cut out (studio mask; whole photo otherwise) at 45-80% of the frame, rotated up to
+    25 degrees either way, held in a hand (palm behind it, thumb over its edge) over an indoor
+    surface; relit, JPEG-compressed."""
+    canvas = random_background((size, size), rng, rng.choice(("noise", "gradient", "noise", "stripes")))
+    item = _scaled(_item_rgba(image, None), rng.uniform(0.45, 0.8) * size, rng, 25)
+    if item.width > size or item.height > size:  # rotation grew it: fit again
+        item.thumbnail((size, size), Image.Resampling.BICUBIC)
+    x, y = rng.randint(0, size - item.width), rng.randint(0, size - item.height)
+    skin = _skin(rng)
+    draw = ImageDraw.Draw(canvas)
+    finger_w = _draw_hand(draw, (x, y, x + item.width, y + item.height), size, skin)
+    canvas.paste(item, (x, y), item)
+    thumb_x = x if rng.random() < 0.5 else x + item.width
+    thumb_y = y + rng.uniform(0.45, 0.75) * item.height
+    draw.ellipse(
+        [thumb_x - finger_w / 2, thumb_y - finger_w, thumb_x + finger_w / 2, thumb_y + finger_w], fill=skin
+    )
+    return _finish(_lighting(canvas, rng), rng)
+
+
+def close_up_photo(image: Image.Image, rng: random.Random, *, size: int = 512) -> Image.Image:
+    """A tight, off-centre crop covering 40-70% of the item's box (the whole photo's when there is
+    no studio mask), aspect 0.8-1.25, scaled to ``size``, with a colour cast; JPEG-compressed."""
+    rgb = image.convert("RGB")
+    mask = foreground_mask(rgb)
+    solid = mask.point(lambda v: 255 if v >= 128 else 0) if mask is not None else None  # not the soft halo
+    x0, y0, x1, y1 = (solid.getbbox() if solid is not None else None) or (0, 0, *rgb.size)
+    bw, bh = x1 - x0, y1 - y0
+    share = rng.uniform(0.4, 0.7)
+    aspect = rng.uniform(0.8, 1.25)
+    w = min(bw, max(8, round((share * bw * bh * aspect) ** 0.5)))
+    h = min(bh, max(8, round(share * bw * bh / max(w, 1))))
+
+    def off_centre(slack: int) -> int:  # towards one end of the free range, not the middle
+        t = rng.uniform(0.0, 0.3) if rng.random() < 0.5 else rng.uniform(0.7, 1.0)
+        return round(t * max(slack, 0))
+
+    cx, cy = x0 + off_centre(bw - w), y0 + off_centre(bh - h)
+    crop = rgb.crop((cx, cy, cx + w, cy + h))
+    factor = size / max(crop.size)
+    crop = crop.resize(
+        (max(1, round(crop.width * factor)), max(1, round(crop.height * factor))), Image.Resampling.BICUBIC
+    )
+    return _finish(_colour_cast(crop, rng), rng)
+
+
+def clutter_photo(
+    image: Image.Image, distractor: Image.Image, rng: random.Random, *, size: int = 512
+) -> Image.Image:
+    """The item small (25-40% of the frame) near the centre, a DIFFERENT product (``distractor``,
+    70-120% of the item's size) right beside it, on a busy cluttered surface; relit, JPEG-compressed.
+
+    The item is the one nearer the centre: a shopper aims the phone at what they want.
+    """
+    canvas = random_background((size, size), rng, "clutter")
+    item = _scaled(_item_rgba(image, None), rng.uniform(0.25, 0.4) * size, rng, 15)
+    other = _scaled(_item_rgba(distractor, None), max(item.size) * rng.uniform(0.7, 1.2), rng, 20)
+    ix = round(size / 2 + rng.uniform(-0.1, 0.1) * size - item.width / 2)
+    iy = round(size / 2 + rng.uniform(-0.1, 0.1) * size - item.height / 2)
+    gap = rng.randint(4, max(5, size // 25))
+    left = rng.random() < 0.5
+    ox = ix - gap - other.width if left else ix + item.width + gap
+    # keep at least 60% of the distractor's width inside the frame
+    ox = min(max(ox, -round(0.4 * other.width)), size - round(0.6 * other.width))
+    oy = round(iy + item.height / 2 - other.height / 2 + rng.uniform(-0.15, 0.15) * size)
+    oy = min(max(oy, 0), max(0, size - other.height))
+    canvas.paste(other, (ox, oy), other)
+    canvas.paste(item, (ix, iy), item)
+    return _finish(_lighting(canvas, rng), rng)
+
+
+def shopper_query(
+    kind: str,
+    image: Image.Image,
+    rng: random.Random,
+    *,
+    distractor: Image.Image | None = None,
+    size: int = 512,
+) -> Image.Image:
+    """One query photo of ``kind`` (QUERY_KINDS); ``clutter`` needs a ``distractor`` product photo."""
+    if kind == "handheld":
+        return handheld_photo(image, rng, size=size)
+    if kind == "close_up":
+        return close_up_photo(image, rng, size=size)
+    if kind == "clutter":
+        if distractor is None:
+            raise ValueError("the clutter kind needs a distractor product photo")
+        return clutter_photo(image, distractor, rng, size=size)
+    raise ValueError(f"unknown query kind {kind!r}; use one of {', '.join(QUERY_KINDS)}")

@@ -1,8 +1,12 @@
 """Measure retrieval quality: Recall@1/5/10, MRR, nDCG@10, per category, with latency.
 
-``python -m visual_search evaluate --catalog CSV [--queries Q.csv | --synthetic N | --holdout]
---model SPEC [--model SPEC2 ...] [--remove-background off|on|both]`` compares models and settings in
-one run (one row per model x background-removal setting), as a Markdown table and JSON.
+``python -m visual_search evaluate --catalog CSV [--queries Q.csv | --synthetic N | --shopper N |
+--holdout] --model SPEC [--model SPEC2 ...] [--pipeline auto,off,on | --remove-background off|on|both]``
+compares models and settings in one run (one row per model x setting), as a Markdown table and JSON.
+
+Photo queries go through the object-aware pipeline (:func:`query_views.search_views`), ``auto`` by
+default, as in the app; ``--pipeline auto,off,on`` compares pipelines (``off`` = whole photo, ``on`` =
+today's background-removed cut-out). ``--remove-background`` keeps the old engine.search rows.
 
 Query sets
     * ``--queries Q.csv``: your own. Columns ``query_image`` and/or ``query_text``, ``expected`` (product
@@ -10,6 +14,9 @@ Query sets
       ``max_price``. Relative image paths are relative to the CSV.
     * ``--holdout``: for products with >= 2 images one image is held out of the index and used as
       the query (real photos, never seen by the index; only multi-image products take part).
+    * ``--shopper N``: N SYNTHETIC shopper photos per kind (augment.QUERY_KINDS: handheld, close_up,
+      clutter with a distractor product), reported per kind with one row per pipeline x kind; with
+      ``--holdout`` they are made from the held-out photos only (not in the index).
     * ``--synthetic N``: SYNTHETIC shopper photos (augment.shopper_photo): a catalog image pasted at a
       random scale and angle on a cluttered background, relit, JPEG-compressed; deterministic for
       ``--seed``. They derive from indexed images, so they are easier than real shopper photos:
@@ -53,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from .augment import shopper_photo
+from .augment import QUERY_KINDS, shopper_photo, shopper_query
 from .catalog import Catalog, is_url, read_catalog
 from .errors import ImageError, UnsupportedQueryError, VisualSearchError
 from .types import CATEGORY, IMAGE, IMAGE_INDEX, PRODUCT_ID, SearchFilters
@@ -68,6 +75,7 @@ __all__ = [
     "add_evaluate_parser",
     "evaluate_engine",
     "format_markdown",
+    "format_pipeline_table",
     "holdout_queries",
     "live_synthetic_eval",
     "load_queries",
@@ -75,10 +83,12 @@ __all__ = [
     "percentile",
     "recall_at_k",
     "reciprocal_rank",
+    "shopper_queries",
     "synthetic_queries",
 ]
 
 DEFAULT_DEPTH = 100
+DEFAULT_PIPELINE = "auto"  # what the app searches photos with (query_views.search_views)
 KS = (1, 5, 10)
 NO_CATEGORY = "(none)"
 SYNTHETIC_SIDE = 512
@@ -311,6 +321,102 @@ def synthetic_queries(source: Any, n: int = 50, out_dir: str | Path | None = Non
     )
 
 
+def shopper_queries(
+    source: Any,
+    n: int = 32,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    *,
+    kinds: Sequence[str] = QUERY_KINDS,
+    distractors: Any = None,
+    description: str = "",
+) -> QuerySet:
+    """``n`` SYNTHETIC shopper photos per kind (augment.QUERY_KINDS: handheld, close_up, clutter),
+    saved as JPEG under ``out_dir/<kind>/``; each query's category is its kind, so the report's
+    per-category breakdown is per kind.
+
+    ``source``: the photos to build queries from (Catalog, path, engine or items, as for
+    :func:`synthetic_queries`); ``distractors``: where clutter's second product comes from (default
+    ``source``), always a product other than the query's. Products are visited in a seeded order,
+    one image each, before any gets a second. Deterministic for (source, n, seed). Writes a
+    ``queries.csv`` with a ``kind`` column, reusable with ``--queries``.
+    """
+    from .images import load_image
+
+    if n < 1:
+        raise VisualSearchError("--shopper needs at least 1 query per kind")
+    unknown = [k for k in kinds if k not in QUERY_KINDS]
+    if unknown or not kinds:
+        raise VisualSearchError(
+            f"Unknown query kind(s) {', '.join(unknown) or '(none)'}; use {', '.join(QUERY_KINDS)}"
+        )
+    items = sorted(_items_from(source), key=lambda i: (i.product_id, i.image_index))
+    if not items:
+        raise VisualSearchError("No products to build shopper queries from (empty catalog or index)")
+    pool = (
+        items
+        if distractors is None
+        else sorted(_items_from(distractors), key=lambda i: (i.product_id, i.image_index))
+    )
+    by_product: dict[str, list[_Item]] = {}
+    for item in items:
+        by_product.setdefault(item.product_id, []).append(item)
+    folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="vs-shopper-"))
+    cache: dict[str, Any] = {}
+
+    def photo(item: _Item) -> Any:
+        if item.source not in cache:
+            cache[item.source] = load_image(item.source)
+        return cache[item.source]
+
+    queries: list[Query] = []
+    rows = []
+    for kind in kinds:
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        order = sorted(by_product)
+        random.Random(f"shopper-order:{seed}:{kind}").shuffle(order)
+        made = attempts = i = 0
+        while made < n and attempts < n + len(items):
+            pid = order[i % len(order)]
+            images = by_product[pid]
+            item = images[(i // len(order)) % len(images)]
+            i += 1
+            attempts += 1
+            rng = random.Random(f"shopper:{seed}:{kind}:{made}:{pid}")
+            others = [d for d in pool if d.product_id != pid]
+            try:
+                image = photo(item)
+                other = None
+                if kind == "clutter":
+                    if not others:
+                        raise VisualSearchError("The clutter kind needs at least two products")
+                    other = photo(rng.choice(others))
+            except ImageError:
+                continue  # unreadable catalog image: the index skipped it as well
+            picture = shopper_query(kind, image, rng, distractor=other, size=SYNTHETIC_SIDE)
+            name = f"{kind}/{made:04d}_{_slug(pid)}.jpg"
+            picture.save(folder / name, "JPEG", quality=95)
+            queries.append(Query((pid,), str(folder / name), category=kind, query_id=name))
+            rows.append({"query_image": name, "expected": pid, "kind": kind, "source_image": item.source})
+            made += 1
+    with (folder / "queries.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["query_image", "expected", "kind", "source_image"])
+        writer.writeheader()
+        writer.writerows(rows)
+    if not queries:
+        raise VisualSearchError("None of the catalog images could be read to build shopper queries")
+    return QuerySet(
+        queries,
+        "shopper",
+        f"{len(queries)} SYNTHETIC shopper photos, {n} per kind ({', '.join(kinds)}; seed {seed}): handheld = "
+        "the item cut out, rotated up to 25 degrees, held over a hand; close_up = a tight off-centre crop of "
+        "40-70% of the item with a colour cast; clutter = the item small near the centre beside a different "
+        f"catalog product on a busy surface. {description}".strip(),
+        synthetic=True,
+        folder=folder,
+    )
+
+
 def holdout_queries(catalog: Catalog | str | Path, seed: int = 0) -> tuple[Catalog, QuerySet]:
     """(catalog to index, queries): one image of every product with >= 2 images is held out of the
     index and becomes that product's query. Which image: seeded, per product."""
@@ -417,6 +523,7 @@ class EvalReport:
     notes: list[str] = field(default_factory=list)
     queries: list[QueryResult] = field(default_factory=list)
     query_set_description: str = ""
+    pipeline: str | None = None  # query_views mode (auto/off/on); None: engine.search(remove_background)
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
@@ -444,8 +551,13 @@ def evaluate_engine(
     label: str | None = None,
     depth: int = DEFAULT_DEPTH,
     progress: Callable[[int, int], None] | None = None,
+    pipeline: str | None = None,
 ) -> EvalReport:
     """Run every query through ``engine.search`` and score the ranked products.
+
+    ``pipeline`` (``auto``/``off``/``on``) sends photo-only queries through
+    :func:`query_views.search_views` in that mode instead (photo+text queries then use
+    ``engine.search`` with background removal when the pipeline is ``on``).
 
     Queries the model cannot answer (text on an image-only model) are skipped and noted; a query
     whose photo cannot be read counts as a miss and is noted. ``progress(done, total)`` is called
@@ -458,18 +570,14 @@ def evaluate_engine(
     skipped_text = 0
     missing: set[str] = set()
     total = len(query_set)
-    _warm_up(engine, query_set, remove_background)
+    if pipeline is not None:
+        remove_background = pipeline == "on"
+    _warm_up(engine, query_set, remove_background, pipeline)
     for done, query in enumerate(query_set, 1):
         category = query.category or categories.get(query.expected[0]) or NO_CATEGORY
         missing.update(pid for pid in query.expected if pid not in categories)
         try:
-            response = engine.search(
-                image=query.image,
-                text=query.text,
-                filters=query.filters,
-                top_k=depth,
-                remove_background=remove_background,
-            )
+            response = _run_query(engine, query, depth, remove_background, pipeline)
         except UnsupportedQueryError:
             skipped_text += 1
             continue
@@ -523,6 +631,8 @@ def evaluate_engine(
         total_p95_ms=percentile([r.total_ms for r in timed], 95),
     )
     model_id = engine.encoder.model_id
+    if label is None and pipeline is not None:
+        label = f"{model_id} [{pipeline}]"
     return EvalReport(
         label=label or (model_id + (" + background removal" if remove_background else "")),
         model_id=model_id,
@@ -536,14 +646,30 @@ def evaluate_engine(
         notes=list(notes),
         queries=results,
         query_set_description=query_set.description,
+        pipeline=pipeline,
     )
 
 
-def _warm_up(engine: Any, queries: QuerySet, remove_background: bool) -> None:
+def _run_query(engine: Any, query: Query, depth: int, remove_background: bool, pipeline: str | None) -> Any:
+    """engine.search, or the object-aware pipeline for photo-only queries when one is named."""
+    if pipeline is not None and query.image is not None and not (query.text or "").strip():
+        from .query_views import search_views
+
+        return search_views(engine, query.image, pipeline, top_k=depth, filters=query.filters)
+    return engine.search(
+        image=query.image,
+        text=query.text,
+        filters=query.filters,
+        top_k=depth,
+        remove_background=remove_background,
+    )
+
+
+def _warm_up(engine: Any, queries: QuerySet, remove_background: bool, pipeline: str | None = None) -> None:
     """One untimed search first: lazy initialisation (threads, caches, rembg session) is not latency."""
     for query in queries:
         try:
-            engine.search(image=query.image, text=query.text, top_k=1, remove_background=remove_background)
+            _run_query(engine, query, 1, remove_background, pipeline)
             return
         except VisualSearchError:
             continue
@@ -607,14 +733,14 @@ def format_markdown(reports: Sequence[EvalReport], title: str = "Retrieval evalu
         lines.append(f"- Query set {flag}`{name}`: {description or name}")
     lines += [
         "",
-        "| model | background removal | queries | R@1 | R@5 | R@10 | MRR | nDCG@10 "
+        "| model | query pipeline | queries | R@1 | R@5 | R@10 | MRR | nDCG@10 "
         "| embed ms p50 / p95 | search ms p50 / p95 | total ms p50 / p95 |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in reports:
         o, lat = r.overall, r.latency
         lines.append(
-            f"| {_cell(_model_name(r.label, r))} | {'on' if r.remove_background else 'off'} | {r.n_queries}"
+            f"| {_cell(_model_name(r.label, r))} | {_setting(r)} | {r.n_queries}"
             f"{' (synthetic)' if r.synthetic else ''} | {_num(o.recall_at_1)} | {_num(o.recall_at_5)} "
             f"| {_num(o.recall_at_10)} | {_num(o.mrr)} | {_num(o.ndcg_at_10)} "
             f"| {_ms(lat.embed_p50_ms, lat.embed_p95_ms)} | {_ms(lat.search_p50_ms, lat.search_p95_ms)} "
@@ -623,9 +749,7 @@ def format_markdown(reports: Sequence[EvalReport], title: str = "Retrieval evalu
     categories = sorted({c for r in reports for c in r.per_category})
     if categories:
         lines += ["", "### Recall@10 per category (queries in brackets)", ""]
-        headers = [
-            f"{_model_name(r.label, r)} (bg {'on' if r.remove_background else 'off'})" for r in reports
-        ]
+        headers = [f"{_model_name(r.label, r)} ({_setting(r)})" for r in reports]
         lines.append("| category | " + " | ".join(_cell(h) for h in headers) + " |")
         lines.append("|---|" + "---:|" * len(reports))
         for c in categories:
@@ -642,8 +766,54 @@ def format_markdown(reports: Sequence[EvalReport], title: str = "Retrieval evalu
 
 
 def _model_name(label: str, report: EvalReport) -> str:
-    suffix = " + background removal"
-    return label[: -len(suffix)] if label.endswith(suffix) else label
+    for suffix in (" + background removal", f" [{report.pipeline}]"):
+        if label.endswith(suffix):
+            return label[: -len(suffix)]
+    return label
+
+
+def _setting(report: EvalReport) -> str:
+    """The photo pipeline: auto/off/on (legacy rows: background removal off/on)."""
+    return report.pipeline or ("on" if report.remove_background else "off")
+
+
+def format_pipeline_table(reports: Sequence[EvalReport], title: str = "Query pipelines per kind") -> str:
+    """Markdown, one row per report (pipeline) x query kind (category) plus an ``all`` row:
+    R@1, R@10, MRR and the p50 of the whole query's time (load + views + embed + search)."""
+    if not reports:
+        return f"## {title}\n\nNo results.\n"
+    models = {r.model_id for r in reports}
+    lines = [f"## {title}", ""]
+    seen: dict[str, str] = {}
+    for r in reports:
+        seen.setdefault(r.query_set, r.query_set_description)
+    for name, description in seen.items():
+        flag = "**SYNTHETIC** " if any(r.synthetic and r.query_set == name for r in reports) else ""
+        lines.append(f"- Query set {flag}`{name}`: {description or name}")
+    model_head = "model | " if len(models) > 1 else ""
+    lines += [
+        "",
+        f"| {model_head}pipeline | kind | queries | R@1 | R@10 | MRR | p50 ms |",
+        "|" + ("---|" if model_head else "") + "---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in reports:
+        groups: dict[str, list[QueryResult]] = {}
+        for q in r.queries:
+            groups.setdefault(q.category, []).append(q)
+        for kind in [*sorted(groups), "all"]:
+            rows = r.queries if kind == "all" else groups[kind]
+            m = Metrics.of(rows)
+            p50 = percentile([q.total_ms for q in rows if q.error is None], 50)
+            model_cell = f"{_cell(_model_name(r.label, r))} | " if model_head else ""
+            kind_cell = f"**{kind}**" if kind == "all" else _cell(kind)
+            lines.append(
+                f"| {model_cell}{_setting(r)} | {kind_cell} | {m.n}{' (synthetic)' if r.synthetic else ''} "
+                f"| {_num(m.recall_at_1)} | {_num(m.recall_at_10)} | {_num(m.mrr)} "
+                f"| {'-' if math.isnan(p50) else f'{p50:.0f}'} |"
+            )
+    if len(models) == 1:
+        lines += ["", f"Model: `{next(iter(models))}`."]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -662,7 +832,29 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--queries", help="query CSV: query_image and/or query_text, expected, [filters]")
     group.add_argument("--synthetic", type=int, metavar="N", help="N synthetic shopper photos (default: 50)")
-    group.add_argument("--holdout", action="store_true", help="hold one image of multi-image products out")
+    group.add_argument(
+        "--shopper",
+        type=int,
+        metavar="N",
+        help="N SYNTHETIC shopper photos per kind (handheld, close_up, clutter), reported per kind; "
+        "with --holdout they are made from the held-out photos only",
+    )
+    p.add_argument(
+        "--holdout",
+        action="store_true",
+        help="hold one image of multi-image products out of the index and query with it (or, with "
+        "--shopper, build the shopper photos from it)",
+    )
+    p.add_argument(
+        "--kinds",
+        default=",".join(QUERY_KINDS),
+        help=f"query kinds for --shopper, comma-separated (default {','.join(QUERY_KINDS)})",
+    )
+    p.add_argument(
+        "--pipeline",
+        help="photo query pipeline(s), comma-separated: auto (object-aware views, fused; the default), "
+        "off (whole photo), on (background removed); one row per pipeline",
+    )
     p.add_argument(
         "--model",
         dest="models",
@@ -673,8 +865,7 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--remove-background",
         choices=("off", "on", "both"),
-        default="off",
-        help="run queries without / with / both ways (default off)",
+        help="today's engine.search without / with / both ways, instead of --pipeline",
     )
     p.add_argument("--out-json", help="write the full report (per query too) as JSON")
     p.add_argument("--out-md", help="write the Markdown table to this file")
@@ -741,8 +932,37 @@ def run_evaluate_command(args: argparse.Namespace, settings: Any) -> int:
         _say(f"catalog: skipped {issue}")
     index_catalog = catalog
     holdout_seed = None
+    if args.holdout and (args.queries or args.synthetic is not None):
+        raise VisualSearchError(
+            "--holdout goes with --shopper N or on its own, not with --queries/--synthetic"
+        )
+    if args.remove_background and args.pipeline:
+        raise VisualSearchError("Give --pipeline or --remove-background, not both")
+    runs = _runs(args)
     if args.queries:
         query_set = load_queries(args.queries)
+    elif args.shopper is not None:
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        source: Any = catalog
+        note = ""
+        if args.holdout:
+            index_catalog, held = holdout_queries(catalog, seed=args.seed)
+            holdout_seed = args.seed
+            source = [
+                _Item(q.expected[0], 0, str(q.image), q.category)
+                for q in held  # type: ignore[arg-type]
+            ]
+            note = (
+                f"Made from {len(held)} held-out photos (not in the index; holdout seed {args.seed}) "
+                "of the multi-image products."
+            )
+        tag = "-holdout" if args.holdout else ""
+        folder = root / "queries" / f"shopper{tag}-{_slug(catalog.path.stem)}-n{args.shopper}-seed{args.seed}"
+        query_set = shopper_queries(
+            source, n=args.shopper, out_dir=folder, seed=args.seed, kinds=kinds,
+            distractors=index_catalog, description=note,
+        )  # fmt: skip
+        _say(f"{len(query_set)} synthetic shopper photos in {folder}")
     elif args.holdout:
         index_catalog, query_set = holdout_queries(catalog, seed=args.seed)
         holdout_seed = args.seed
@@ -751,7 +971,6 @@ def run_evaluate_command(args: argparse.Namespace, settings: Any) -> int:
         folder = root / "queries" / f"synthetic-{_slug(catalog.path.stem)}-n{n}-seed{args.seed}"
         query_set = synthetic_queries(catalog, n=n, out_dir=folder, seed=args.seed)
         _say(f"{len(query_set)} synthetic shopper photos in {folder}")
-    settings_bg = {"off": [False], "on": [True], "both": [False, True]}[args.remove_background]
 
     reports: list[EvalReport] = []
     run_notes: list[str] = []
@@ -762,12 +981,23 @@ def run_evaluate_command(args: argparse.Namespace, settings: Any) -> int:
         try:
             index_report = engine.index_catalog(index_catalog, sync=True, batch_size=args.batch_size)
             _say(f"{encoder.model_id}: index {index_dir}: {index_report.summary()}")
-            for bg in settings_bg:
-                if bg and not _background_ready(engine, args.remove_background, run_notes):
-                    continue
+            for bg, pipeline in runs:
+                if (
+                    pipeline is None
+                    and bg
+                    and not _background_ready(engine, args.remove_background, run_notes)
+                ):
+                    continue  # legacy --remove-background both: no "on" row
+                if pipeline in ("on", "auto") and not engine.background_remover.available:
+                    note = (
+                        f"Background removal is not available: the {pipeline} pipeline searched whole photos."
+                    )
+                    if note not in run_notes:
+                        run_notes.append(note)
+                        _say(note)
                 bar = tqdm(
                     total=len(query_set),
-                    desc=f"{spec}{' +bg' if bg else ''}",
+                    desc=f"{spec} [{pipeline or ('bg on' if bg else 'bg off')}]",
                     unit="query",
                     disable=args.no_progress or None,
                     file=sys.stderr,
@@ -777,7 +1007,9 @@ def run_evaluate_command(args: argparse.Namespace, settings: Any) -> int:
                     bar.n = done
                     bar.refresh()
 
-                report = evaluate_engine(engine, query_set, bg, depth=args.depth, progress=tick)
+                report = evaluate_engine(
+                    engine, query_set, bg, depth=args.depth, progress=tick, pipeline=pipeline
+                )
                 bar.close()
                 reports.append(report)
         finally:
@@ -786,6 +1018,8 @@ def run_evaluate_command(args: argparse.Namespace, settings: Any) -> int:
             gc.collect()
 
     markdown = format_markdown(reports)
+    if any(r.pipeline for r in reports) and (args.shopper is not None or len(reports) > 1):
+        markdown += "\n" + format_pipeline_table(reports)
     if run_notes:
         markdown += "\n" + "\n".join(f"- {note}" for note in run_notes) + "\n"
     print(markdown)
@@ -808,6 +1042,24 @@ def run_evaluate_command(args: argparse.Namespace, settings: Any) -> int:
         }
         Path(args.out_json).write_text(json.dumps(data, indent=2), encoding="utf-8")
     return 0
+
+
+def _runs(args: argparse.Namespace) -> list[tuple[bool, str | None]]:
+    """(remove_background, pipeline) per report row: legacy --remove-background rows, else the
+    --pipeline list (default: the app's default pipeline)."""
+    from .query_views import MODES
+
+    if args.remove_background:
+        return [
+            (bg, None) for bg in {"off": [False], "on": [True], "both": [False, True]}[args.remove_background]
+        ]
+    names = [p.strip() for p in (args.pipeline or DEFAULT_PIPELINE).split(",") if p.strip()]
+    unknown = [p for p in names if p not in MODES]
+    if unknown or not names:
+        raise VisualSearchError(
+            f"Unknown pipeline {', '.join(unknown) or '(none)'}; use one or more of {', '.join(MODES)}"
+        )
+    return [(p == "on", p) for p in dict.fromkeys(names)]
 
 
 def _background_ready(engine: Any, mode: str, run_notes: list[str]) -> bool:

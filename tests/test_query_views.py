@@ -1,0 +1,195 @@
+"""The object-aware query pipeline: objects in the mask, fusion, views, and search_views end to end."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from visual_search.engine import SearchEngine
+from visual_search.errors import VisualSearchError
+from visual_search.images import BackgroundRemoval
+from visual_search.query_views import (
+    AUTO_VIEWS,
+    detect_objects,
+    fuse,
+    fuse_max,
+    fuse_mean,
+    fuse_rrf,
+    search_views,
+)
+from visual_search.store import open_store
+
+# ------------------------------------------------------------------------------------------ objects
+
+
+def _mask(size: tuple[int, int], *boxes: tuple[int, int, int, int]) -> Image.Image:
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    for box in boxes:
+        draw.rectangle(box, fill=255)
+    return mask
+
+
+def test_detect_objects_finds_two_blobs_and_orders_them_by_area_and_centrality() -> None:
+    # a big square in the corner, a smaller one in the middle, a speck
+    mask = _mask((400, 300), (0, 0, 99, 99), (170, 110, 249, 189), (380, 280, 383, 283))
+    first, second = detect_objects(mask)
+    assert first.as_tuple() == pytest.approx((170, 110, 250, 190), abs=3)  # central beats bigger
+    assert second.as_tuple() == pytest.approx((0, 0, 100, 100), abs=3)
+    assert second.area > first.area and first.centrality > second.centrality
+    assert first.area == pytest.approx(80 * 80 / (400 * 300), rel=0.1)
+    # same areas, both off-centre by the same amount: the bigger one wins
+    bigger, smaller = detect_objects(_mask((400, 400), (20, 150, 139, 269), (280, 170, 359, 249)))
+    assert bigger.x0 < 30 and smaller.x0 > 270
+    assert detect_objects(Image.new("L", (50, 50), 0)) == []
+    # a faint blob below the threshold and a tiny one are not objects
+    faint = Image.new("L", (200, 200), 0)
+    ImageDraw.Draw(faint).rectangle((50, 50, 150, 150), fill=90)
+    assert detect_objects(faint) == []
+    assert len(detect_objects(_mask((400, 400), (0, 0, 199, 199), (390, 390, 399, 399)))) == 1
+
+
+# ------------------------------------------------------------------------------------------ fusion
+
+
+def test_fusion_ranks_the_product_every_view_likes_first() -> None:
+    # each view alone ranks another product first; "right" is second everywhere
+    photo = {"a": 0.90, "right": 0.85, "b": 0.30, "c": 0.20}
+    cutout = {"b": 0.92, "right": 0.86, "a": 0.35, "c": 0.25}
+    assert max(photo, key=photo.get) != "right" and max(cutout, key=cutout.get) != "right"
+    ranked = fuse_mean([photo, cutout])
+    assert [p for p, _ in ranked] == ["right", "a", "b", "c"]
+    assert ranked[0][1] == pytest.approx((0.85 + 0.86) / 2)
+    assert fuse("mean", [photo, cutout]) == ranked
+    # max keeps each product's best view: b (0.92) then a (0.90)
+    assert [p for p, _ in fuse_max([photo, cutout])] == ["b", "a", "right", "c"]
+    # rrf: ranks only; with a third view preferring "right" it wins, c stays last
+    third = {"right": 0.5, "c": 0.4, "a": 0.1, "b": 0.0}
+    rrf = fuse_rrf([photo, cutout, third])
+    assert [p for p, _ in rrf][0] == "right" and rrf[-1][0] == "c"
+    assert rrf[0][1] == pytest.approx(2 / 62 + 1 / 61)
+    with pytest.raises(ValueError, match="unknown fusion"):
+        fuse("median", [photo])
+
+
+def test_mean_fusion_gives_a_missing_product_the_views_lowest_score() -> None:
+    ranked = dict(fuse_mean([{"a": 0.9, "b": 0.5}, {"a": 0.4, "c": 0.8}]))
+    assert ranked["b"] == pytest.approx((0.5 + 0.4) / 2)  # b absent from view 2: its floor, 0.4
+    assert ranked["c"] == pytest.approx((0.5 + 0.8) / 2)
+    assert ranked["a"] == pytest.approx(0.65)
+    weighted = dict(fuse_mean([{"a": 1.0}, {"a": 0.0}], weights=[3, 1]))
+    assert weighted["a"] == pytest.approx(0.75)
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 200, 40), "yellow": (240, 220, 20)}
+
+
+def _product(colour: tuple[int, int, int]) -> Image.Image:
+    img = Image.new("RGB", (200, 200), (255, 255, 255))
+    ImageDraw.Draw(img).ellipse((40, 40, 160, 160), fill=colour)
+    return img
+
+
+class MaskRemover:
+    """Background removal with a known mask: the photo's non-background pixels (no model)."""
+
+    def __init__(self, background: tuple[int, int, int]) -> None:
+        self.background = np.array(background)
+        self.calls = 0
+
+    def remove(self, image: Image.Image) -> BackgroundRemoval:
+        self.calls += 1
+        px = np.asarray(image.convert("RGB"), np.int32)
+        on = (np.abs(px - self.background).max(axis=2) > 40).astype(np.uint8) * 255
+        mask = Image.fromarray(on, "L")
+        bbox = mask.getbbox()
+        white = Image.new("RGB", image.size, (255, 255, 255))
+        return BackgroundRemoval(image, Image.composite(image, white, mask), mask, bbox, 0.5)
+
+
+@pytest.fixture()
+def colour_engine(tmp_path: Path, tiny_encoder) -> SearchEngine:
+    rows = []
+    for name, colour in COLOURS.items():
+        _product(colour).save(tmp_path / f"{name}.png")
+        rows.append([name, f"{name}.png", name.title(), "Toys"])
+    with (tmp_path / "catalog.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["product_id", "image", "title", "category"], *rows])
+    engine = SearchEngine(tiny_encoder, open_store(tmp_path / "index", None, None))
+    engine.index_catalog(tmp_path / "catalog.csv")
+    engine.background_remover = MaskRemover((128, 128, 128))  # type: ignore[assignment]
+    return engine
+
+
+def _two_products() -> Image.Image:
+    """A grey table: a big blue disc in the middle, a smaller red one at the left edge."""
+    photo = Image.new("RGB", (480, 360), (128, 128, 128))
+    draw = ImageDraw.Draw(photo)
+    draw.ellipse((170, 110, 310, 250), fill=COLOURS["blue"])
+    draw.ellipse((10, 140, 90, 220), fill=COLOURS["red"])
+    return photo
+
+
+def test_search_views_returns_every_view_and_box_and_searches_the_chosen_object(colour_engine) -> None:
+    photo = _two_products()
+    found = search_views(colour_engine, photo, "auto", top_k=3)
+    assert list(found.views) == list(AUTO_VIEWS) and found.mode == "auto"
+    assert all(isinstance(v, Image.Image) for v in found.views.values())
+    assert len(found.boxes) == 2 and found.box_index == 0
+    assert found.boxes[0].x0 >= 160 and found.boxes[1].x1 <= 100  # blue (central) first
+    assert len(found.results) == 3 and found.vectors.shape[0] == len(AUTO_VIEWS)
+    assert set(found.per_view) == set(AUTO_VIEWS)
+    assert found.results[0].product_id == "blue"
+    cut = np.asarray(found.views["cutout"], np.int32)
+    assert (np.abs(cut - COLOURS["red"]).max(axis=2) < 30).sum() == 0  # the other object is not in it
+    assert found.embed_ms > 0 and found.total_ms >= found.embed_ms
+
+    second = search_views(colour_engine, photo, "auto", top_k=3, box_index=1)
+    assert second.box_index == 1 and second.results[0].product_id == "red"
+    cut = np.asarray(second.views["cutout"], np.int32)
+    assert (np.abs(cut - COLOURS["red"]).max(axis=2) < 30).sum() > 1000
+    assert (np.abs(cut - COLOURS["blue"]).max(axis=2) < 30).sum() == 0
+    with pytest.raises(VisualSearchError, match="no object 3"):
+        search_views(colour_engine, photo, "auto", box_index=2)
+
+
+def test_off_and_on_modes_are_todays_two_settings(colour_engine) -> None:
+    photo = _two_products()
+    remover = colour_engine.background_remover
+    off = search_views(colour_engine, photo, "off", top_k=4)
+    assert list(off.views) == ["photo"] and off.boxes == [] and remover.calls == 0
+    assert [r.product_id for r in off.results] == [
+        r.product_id for r in colour_engine.search(image=photo, top_k=4).results
+    ]
+    on = search_views(colour_engine, photo, "on", top_k=4)
+    assert list(on.views) == ["cutout"] and remover.calls == 1 and len(on.boxes) == 2
+    assert on.fusion == "single"
+    embed = search_views(colour_engine, photo, "auto", top_k=4, fusion="embed")
+    assert embed.fusion == "embed" and len(embed.results) == 4
+    with pytest.raises(VisualSearchError, match="Unknown query mode"):
+        search_views(colour_engine, photo, "sometimes")
+
+
+def test_without_background_removal_auto_searches_the_whole_photo(colour_engine, tmp_path) -> None:
+    from visual_search.images import BackgroundRemover
+
+    colour_engine.background_remover = BackgroundRemover("u2netp")
+    import os
+
+    old = os.environ.get("U2NET_HOME")
+    os.environ["U2NET_HOME"] = str(tmp_path / "nothing-here")
+    try:
+        found = search_views(colour_engine, _two_products(), "auto", top_k=2)
+    finally:
+        if old is None:
+            os.environ.pop("U2NET_HOME")
+        else:
+            os.environ["U2NET_HOME"] = old
+    assert list(found.views) == ["photo"] and found.boxes == [] and len(found.results) == 2
+    assert any("Background removal is off" in n for n in found.notes)
