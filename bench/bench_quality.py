@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from visual_search.catalog import read_catalog  # noqa: E402
 from visual_search.encoders import create_encoder  # noqa: E402
 from visual_search.engine import SearchEngine  # noqa: E402
-from visual_search.evaluate import (  # noqa: E402
+from visual_search.evaluation import (  # noqa: E402
     _Item,
     evaluate_engine,
     format_pipeline_table,

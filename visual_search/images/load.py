@@ -2,10 +2,10 @@
 
 Every photo that reaches the encoder passes through :func:`load_image`, so this module is where
 untrusted input (uploads, URLs, catalog files) becomes a small, upright, 8-bit RGB image, or an
-:class:`~visual_search.errors.ImageError` with a message a person can act on. It deliberately
+:class:`~visual_search.core.errors.ImageError` with a message a person can act on. It deliberately
 imports neither gradio, torch nor qdrant: the engine, the CLI and the indexer all use it.
 
-URLs are read only through :mod:`visual_search.fetch` (public hosts only unless the process's
+URLs are read only through :mod:`visual_search.images.fetch` (public hosts only unless the process's
 default policy says otherwise). Memory is bounded: sizes are checked from the header, JPEGs decode
 at reduced scale, big decodes run one at a time and memory goes back to the OS after a wave.
 
@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from visual_search import fetch as _fetch
-from visual_search.errors import ImageError
-from visual_search.fetch import FetchPolicy
+from visual_search.core.errors import ImageError
+from visual_search.images import fetch as _fetch
+from visual_search.images.fetch import FetchPolicy
 
 __all__ = [
     "EMBED_MAX_SIDE",
@@ -113,7 +113,7 @@ def load_image(
     ``max_side=None`` keeps the full resolution (up to MAX_DECODE_PIXELS). Anything that cannot be
     used raises :class:`ImageError` naming the source, never a Pillow traceback.
 
-    URLs always go through :func:`visual_search.fetch.fetch` under ``policy`` (default: the
+    URLs always go through :func:`visual_search.images.fetch.fetch` under ``policy`` (default: the
     process's default policy, public hosts only unless the app or CLI said otherwise);
     ``timeout`` and ``max_bytes`` tighten that policy's deadline and byte cap.
     """
@@ -202,7 +202,7 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
 
 
 def _download(url: str, timeout: float | None, max_bytes: int, policy: FetchPolicy | None) -> bytes:
-    """The guarded fetch (see visual_search.fetch): the only way this module reads a URL."""
+    """The guarded fetch (see visual_search.images.fetch): the only way this module reads a URL."""
     return _fetch.fetch(url, _fetch.with_limits(policy, timeout_s=timeout, max_bytes=max_bytes)).data
 
 
