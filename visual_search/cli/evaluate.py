@@ -26,14 +26,14 @@ from visual_search.evaluation import (
     DEFAULT_DEPTH,
     DEFAULT_PIPELINE,
     EvalReport,
-    _Item,
-    _slug,
+    SourceImage,
     evaluate_engine,
     format_markdown,
     format_pipeline_table,
     holdout_queries,
     load_queries,
     shopper_queries,
+    slug,
     synthetic_queries,
 )
 from visual_search.images.load import BackgroundRemovalUnavailable
@@ -112,7 +112,7 @@ def _say(message: str) -> None:
 def _index_dir(root: Path, model_id: str, catalog: Path, holdout_seed: int | None) -> Path:
     key = f"{model_id}|{catalog}|{holdout_seed}"
     suffix = f"-holdout{holdout_seed}" if holdout_seed is not None else ""
-    return root / "index" / f"{_slug(model_id)}{suffix}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    return root / "index" / f"{slug(model_id)}{suffix}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
 def machine_info() -> dict[str, Any]:
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             index_catalog, held = holdout_queries(catalog, seed=args.seed)
             holdout_seed = args.seed
             source = [
-                _Item(q.expected[0], 0, str(q.image), q.category)
+                SourceImage(q.expected[0], 0, str(q.image), q.category)
                 for q in held  # type: ignore[arg-type]
             ]
             note = (
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "of the multi-image products."
             )
         tag = "-holdout" if args.holdout else ""
-        folder = root / "queries" / f"shopper{tag}-{_slug(catalog.path.stem)}-n{args.shopper}-seed{args.seed}"
+        folder = root / "queries" / f"shopper{tag}-{slug(catalog.path.stem)}-n{args.shopper}-seed{args.seed}"
         query_set = shopper_queries(
             source, n=args.shopper, out_dir=folder, seed=args.seed, kinds=kinds,
             distractors=index_catalog, description=note,
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         holdout_seed = args.seed
     else:
         n = args.synthetic if args.synthetic is not None else 50
-        folder = root / "queries" / f"synthetic-{_slug(catalog.path.stem)}-n{n}-seed{args.seed}"
+        folder = root / "queries" / f"synthetic-{slug(catalog.path.stem)}-n{n}-seed{args.seed}"
         query_set = synthetic_queries(catalog, n=n, out_dir=folder, seed=args.seed)
         _say(f"{len(query_set)} synthetic shopper photos in {folder}")
 
