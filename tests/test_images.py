@@ -19,15 +19,13 @@ import pytest
 from PIL import Image, ImageOps
 
 from visual_search.core.errors import ImageError
+from visual_search.images.background import BackgroundRemoval, BackgroundRemovalUnavailable, BackgroundRemover
 from visual_search.images.fetch import FetchPolicy, default_policy, set_default_policy
 from visual_search.images.load import (
     EMBED_MAX_SIDE,
     LARGE_DECODE_PIXELS,
     MAX_DECODE_PIXELS,
     MAX_PIXELS,
-    BackgroundRemoval,
-    BackgroundRemovalUnavailable,
-    BackgroundRemover,
     bytes_sha256,
     file_sha256,
     load_image,

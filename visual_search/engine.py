@@ -32,13 +32,8 @@ from .core.errors import (
 )
 from .core.types import IMAGE_HASH, PRODUCT_ID, CollectionInfo, Hit, IndexPoint, ProductResult, SearchFilters
 from .encoders import Encoder, create_encoder
-from .images.load import (
-    BackgroundRemoval,
-    BackgroundRemovalUnavailable,
-    BackgroundRemover,
-    load_image,
-    source_sha256,
-)
+from .images.background import BackgroundRemoval, BackgroundRemovalUnavailable, BackgroundRemover
+from .images.load import load_image, source_sha256
 from .store import VectorStore, open_store
 
 INDEXED_AT = "indexed_at"

@@ -403,7 +403,8 @@ def prepare_views(
     removal that is unavailable or fails leaves the whole photo as the only view, with a note.
     """
     from .core.errors import ImageError
-    from .images.load import BackgroundRemovalUnavailable, load_image
+    from .images.background import BackgroundRemovalUnavailable
+    from .images.load import load_image
 
     if mode not in MODES:
         raise VisualSearchError(f"Unknown query mode '{mode}'; use one of {', '.join(MODES)}.")

@@ -36,7 +36,7 @@ from visual_search.evaluation import (
     slug,
     synthetic_queries,
 )
-from visual_search.images.load import BackgroundRemovalUnavailable
+from visual_search.images.background import BackgroundRemovalUnavailable
 from visual_search.query_views import MODES
 from visual_search.store import open_store
 from visual_search.training.augment import QUERY_KINDS
