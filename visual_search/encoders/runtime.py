@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from visual_search.encoders import Encoder
+    from visual_search.encoders.base import Encoder
 
 log = logging.getLogger(__name__)
 
