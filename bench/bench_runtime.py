@@ -42,10 +42,10 @@ import torch  # noqa: E402
 from bench_end_to_end import bench_indexing, machine, random_vit_b_32  # noqa: E402
 
 from visual_search.catalog import read_catalog  # noqa: E402
-from visual_search.config import SAMPLE_CATALOG  # noqa: E402
+from visual_search.core.config import SAMPLE_CATALOG  # noqa: E402
 from visual_search.encoders import create_encoder  # noqa: E402
-from visual_search.evaluate import percentile  # noqa: E402
-from visual_search.images import load_image  # noqa: E402
+from visual_search.evaluation import percentile  # noqa: E402
+from visual_search.images.load import load_image  # noqa: E402
 
 SECTION = "## CPU inference runtime"
 RUNTIMES = ("torch", "onnx", "onnx-int8")
@@ -137,7 +137,7 @@ def report(
         f"{args.batch_images} for throughput ({args.repeats} repeats, median). Times include preprocessing "
         "(resize, crop, normalise) of pre-decoded images, as in a query. `onnx-int8` quantizes MatMul/Gemm "
         "only (weights int8 per channel, activations dynamic); convolutions stay fp32 (why: "
-        "`visual_search/runtime.py`).",
+        "`visual_search/encoders/runtime.py`).",
         "",
         "| model | runtime (runs as) | photo p50 ms | p95 ms | x torch (p50) | text p50 ms | x torch "
         "| img/s b16 | img/s b32 | x torch (b32) | cosine to torch min / mean | first-start export s |",

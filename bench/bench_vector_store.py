@@ -36,8 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from visual_search.core.types import CATEGORY, PRICE, IndexPoint, SearchFilters  # noqa: E402
 from visual_search.store import EdgeStore, RemoteStore  # noqa: E402
-from visual_search.types import CATEGORY, PRICE, IndexPoint, SearchFilters  # noqa: E402
 
 CATEGORIES = tuple(f"cat{i}" for i in range(8))
 PRICE_RANGE = (50.0, 250.0)  # with one of 8 categories: ~5% of the points pass the filter

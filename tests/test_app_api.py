@@ -281,7 +281,7 @@ def test_cards_escape_catalog_text_and_refuse_script_links():
 
 
 def test_filters_from_widgets():
-    from visual_search.errors import VisualSearchError
+    from visual_search.core.errors import VisualSearchError
     from visual_search.ui.common import build_filters, threshold_or_none
 
     f = build_filters(["Juices"], None, 0, 10)
@@ -318,7 +318,7 @@ def test_image_links_to_private_addresses_are_refused(url, monkeypatch):
     """The link box goes through the one guard: refused before any connection is made."""
     import socket
 
-    from visual_search.errors import VisualSearchError
+    from visual_search.core.errors import VisualSearchError
     from visual_search.ui.common import load_link
 
     def no_connect(*args, **kwargs):

@@ -21,9 +21,9 @@ from visual_search.audit import (
     neighbours,
 )
 from visual_search.catalog import CatalogImage, Product
+from visual_search.core.types import IndexPoint
 from visual_search.engine import SearchEngine
 from visual_search.store import open_store
-from visual_search.types import IndexPoint
 
 DIM = 24
 SHOES, KITCHEN, BAGS = 0, 1, 2

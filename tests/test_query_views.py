@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from visual_search.core.errors import VisualSearchError
 from visual_search.engine import SearchEngine
-from visual_search.errors import VisualSearchError
-from visual_search.images import BackgroundRemoval
+from visual_search.images.background import BackgroundRemoval
 from visual_search.query_views import (
     AUTO_VIEWS,
     detect_objects,
@@ -177,7 +177,7 @@ def test_off_and_on_modes_are_todays_two_settings(colour_engine) -> None:
 
 
 def test_without_background_removal_auto_searches_the_whole_photo(colour_engine, tmp_path) -> None:
-    from visual_search.images import BackgroundRemover
+    from visual_search.images.background import BackgroundRemover
 
     colour_engine.background_remover = BackgroundRemover("u2netp")
     import os

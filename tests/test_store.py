@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from visual_search.errors import ModelMismatchError, StoreUnavailableError
+from visual_search.core.errors import ModelMismatchError, StoreUnavailableError
+from visual_search.core.types import SearchFilters
 from visual_search.store import EdgeStore, RemoteStore, VectorStore, open_store
-from visual_search.types import SearchFilters
 
 DIM = 16
 MODEL = "test-model-a"
@@ -57,7 +57,7 @@ ALL = set(CATALOG)
 
 
 def points(overrides: dict[str, dict] | None = None):
-    from visual_search.types import IndexPoint
+    from visual_search.core.types import IndexPoint
 
     out = []
     for name, (v, cat, brand, price, attrs) in CATALOG.items():
@@ -435,7 +435,7 @@ def test_edge_concurrent_search_and_upsert(tmp_path: Path):
                 errors.append(exc)
 
         def writer() -> None:
-            from visual_search.types import IndexPoint
+            from visual_search.core.types import IndexPoint
 
             try:
                 for i in range(20):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .types import BRAND, CATEGORY, IMAGE, IMAGE_INDEX, PRICE, PRODUCT_ID, TITLE, ProductResult
+from .core.types import BRAND, CATEGORY, IMAGE, IMAGE_INDEX, PRICE, PRODUCT_ID, TITLE, ProductResult
 
 if TYPE_CHECKING:
     from .engine import SearchEngine

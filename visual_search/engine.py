@@ -22,24 +22,19 @@ import numpy as np
 from PIL import Image
 
 from .catalog import MAX_IMAGES_PER_PRODUCT, Catalog, CatalogImage, RowIssue, point_id, read_catalog
-from .config import Settings
-from .encoders import Encoder, create_encoder
-from .errors import (
+from .core.config import Settings
+from .core.errors import (
     ImageError,
     InvalidQueryError,
     ModelMismatchError,
     UnsupportedQueryError,
     VisualSearchError,
 )
-from .images import (
-    BackgroundRemoval,
-    BackgroundRemovalUnavailable,
-    BackgroundRemover,
-    load_image,
-    source_sha256,
-)
+from .core.types import IMAGE_HASH, PRODUCT_ID, CollectionInfo, Hit, IndexPoint, ProductResult, SearchFilters
+from .encoders import Encoder, create_encoder
+from .images.background import BackgroundRemoval, BackgroundRemovalUnavailable, BackgroundRemover
+from .images.load import load_image, source_sha256
 from .store import VectorStore, open_store
-from .types import IMAGE_HASH, PRODUCT_ID, CollectionInfo, Hit, IndexPoint, ProductResult, SearchFilters
 
 INDEXED_AT = "indexed_at"
 # Hashing and decoding are I/O + C code that release the GIL; URL catalogs need more than the core count.
@@ -568,7 +563,7 @@ def product_image(engine: SearchEngine, product_id: str, index: int = 0) -> Path
     Lets the UI serve catalog images by product id instead of by path. Reads one point: its vector
     by id, then the nearest points to that vector (the point itself scores 1.0), never a full scroll.
     """
-    from .types import IMAGE
+    from .core.types import IMAGE
 
     wanted = point_id(str(product_id), int(index))
     vector = engine.store.get_vectors([wanted]).get(wanted)

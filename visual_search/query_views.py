@@ -67,8 +67,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import VisualSearchError
-from .types import PRODUCT_ID, Hit, ProductResult, SearchFilters
+from .core.errors import VisualSearchError
+from .core.types import PRODUCT_ID, Hit, ProductResult, SearchFilters
 
 __all__ = [
     "AUTO_FUSION",
@@ -402,8 +402,9 @@ def prepare_views(
     ``names`` overrides the views of ``auto`` (benchmarks pass all of VIEW_NAMES). Background
     removal that is unavailable or fails leaves the whole photo as the only view, with a note.
     """
-    from .errors import ImageError
-    from .images import BackgroundRemovalUnavailable, load_image
+    from .core.errors import ImageError
+    from .images.background import BackgroundRemovalUnavailable
+    from .images.load import load_image
 
     if mode not in MODES:
         raise VisualSearchError(f"Unknown query mode '{mode}'; use one of {', '.join(MODES)}.")

@@ -63,8 +63,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelMismatchError, StoreUnavailableError
-from .types import (
+from .core.errors import ModelMismatchError, StoreUnavailableError
+from .core.types import (
     ATTRS_KEY,
     BRAND,
     CATEGORY,

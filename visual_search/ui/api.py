@@ -16,7 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from ..engine import SearchResponse
-from ..images import load_image
+from ..images.load import load_image
 from .common import (
     API_MAX_TOP_K,
     USER_ERRORS,

@@ -25,7 +25,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from ..analytics import SearchLog
 from ..engine import SearchEngine
-from ..images import MAX_BYTES
+from ..images.load import MAX_BYTES
 from . import render
 from .api import add_api_endpoints
 from .common import UIContext, UIOptions, static_text

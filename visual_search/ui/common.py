@@ -23,11 +23,11 @@ from PIL import Image
 
 from .. import audit
 from ..analytics import SearchLog
+from ..core.errors import InvalidQueryError, VisualSearchError
+from ..core.types import IMAGE_INDEX, SearchFilters
 from ..engine import SearchEngine, SearchResponse
-from ..errors import InvalidQueryError, VisualSearchError
-from ..fetch import default_policy
-from ..images import load_image
-from ..types import IMAGE_INDEX, SearchFilters
+from ..images.fetch import default_policy
+from ..images.load import load_image
 from .render import image_url
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def internal_error(exc: BaseException) -> str:
 def load_link(url: str, allow_private: bool) -> Image.Image:
     """The one way the UI opens an image link (the Search button, the Load button).
 
-    Every link goes through visual_search.fetch (pinned address, redirects re-checked, deadline, byte cap).
+    Every link goes through visual_search.images.fetch (pinned address, redirects re-checked, deadline, byte cap).
     """
     url = (url or "").strip()
     if not url.lower().startswith(("http://", "https://")):

@@ -12,8 +12,8 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from ... import audit, evaluate, importer
-from ...errors import VisualSearchError
+from ... import audit, evaluation, importer
+from ...core.errors import VisualSearchError
 from .. import render
 from ..common import CHOICES_LIMIT, USER_ERRORS, UIContext, card_from_result, public_message
 
@@ -180,12 +180,12 @@ class CatalogHandlers:
                 progress(done / total, desc=f"query {done} of {total}")
 
         try:
-            report = evaluate.live_synthetic_eval(
+            report = evaluation.live_synthetic_eval(
                 self.ctx.engine, n=int(n), remove_background=bool(remove_background), progress=on_progress
             )
         except USER_ERRORS as exc:
             return render.error_box(public_message(exc))
-        return evaluate.format_markdown([report], title="Retrieval evaluation on the live index")
+        return evaluation.format_markdown([report], title="Retrieval evaluation on the live index")
 
 
 def build_catalog_tab(ctx: UIContext) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from ...errors import VisualSearchError
-from ...images import load_image
-from ...types import SearchFilters
+from ...core.errors import VisualSearchError
+from ...core.types import SearchFilters
+from ...images.load import load_image
 from .. import render
 from ..common import (
     CHOICES_LIMIT,

@@ -11,7 +11,7 @@ from pathlib import Path
 DEFAULT_MODEL = "ViT-B-32@laion2b_s34b_b79k"
 DEFAULT_BG_MODEL = "u2netp"
 DEFAULT_LOG_DAYS = 30  # pilot analytics retention (events, query photos, exports)
-SAMPLE_CATALOG = Path(__file__).resolve().parent.parent / "sample_catalog" / "catalog.csv"
+SAMPLE_CATALOG = Path(__file__).resolve().parents[2] / "sample_catalog" / "catalog.csv"
 
 
 @dataclass(frozen=True)

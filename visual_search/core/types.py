@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidQueryError
+from visual_search.core.errors import InvalidQueryError
 
 # Payload keys every indexed point carries. Extra catalog columns live under ATTRS_KEY.
 PRODUCT_ID = "product_id"
