@@ -8,6 +8,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .store.remote import RemoteOptions, add_remote_arguments
+
 DEFAULT_MODEL = "ViT-B-32@laion2b_s34b_b79k"
 DEFAULT_BG_MODEL = "u2netp"
 DEFAULT_LOG_DAYS = 30  # pilot analytics retention (events, query photos, exports)
@@ -25,6 +27,7 @@ class Settings:
     bg_model: str = DEFAULT_BG_MODEL
     log_days: int = DEFAULT_LOG_DAYS  # 0 keeps the analytics log forever
     runtime: str = "auto"  # torch | onnx | onnx-int8 | auto (visual_search.device.pick_runtime)
+    remote: RemoteOptions = RemoteOptions()  # cluster layout and uploads (remote backend only)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -39,6 +42,7 @@ class Settings:
             bg_model=env.get("VS_BG_MODEL", DEFAULT_BG_MODEL),
             log_days=_log_days(env.get("VS_LOG_DAYS")),
             runtime=env.get("VS_RUNTIME") or "auto",
+            remote=RemoteOptions.from_env(env),
         )
 
     @classmethod
@@ -54,6 +58,7 @@ class Settings:
             bg_model=args.bg_model or base.bg_model,
             log_days=base.log_days if getattr(args, "log_days", None) is None else args.log_days,
             runtime=getattr(args, "runtime", None) or base.runtime,
+            remote=base.remote.with_args(args),
         )
 
 
@@ -110,6 +115,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--collection", help="collection name on the remote Qdrant (VS_COLLECTION; default products)"
     )
+    add_remote_arguments(g)
     g.add_argument(
         "--bg-model", help=f"rembg model for background removal (VS_BG_MODEL; default {DEFAULT_BG_MODEL})"
     )

@@ -432,8 +432,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _categories(engine: Any) -> dict[str, str | None]:
-    return {str(hit.payload.get(PRODUCT_ID)): hit.payload.get(CATEGORY) for hit in engine.store.scroll()}
+def _categories(engine: Any, product_ids: Iterable[str]) -> dict[str, str | None]:
+    """Category of each expected product that is indexed: a bounded lookup of just those
+    products (stats.product_payloads), not a scan of the whole index."""
+    from .stats import product_payloads
+
+    found = product_payloads(engine.store, list(product_ids))
+    return {pid: payload.get(CATEGORY) for pid, payload in found.items()}
 
 
 def evaluate_engine(
@@ -452,7 +457,7 @@ def evaluate_engine(
     after each query.
     """
     query_set = queries if isinstance(queries, QuerySet) else QuerySet(list(queries), "queries", "")
-    categories = _categories(engine)
+    categories = _categories(engine, (pid for query in query_set for pid in query.expected))
     results: list[QueryResult] = []
     notes: dict[str, None] = {}  # ordered set
     skipped_text = 0

@@ -29,7 +29,7 @@ from .base import (
 )
 from .edge import IN_USE_MESSAGE, EdgeStore
 from .filters import attr_key
-from .remote import RemoteStore
+from .remote import RemoteOptions, RemoteStore, StoreSettingsError, add_remote_arguments
 
 __all__ = [
     "BACKENDS",
@@ -45,7 +45,10 @@ __all__ = [
     "QUANTIZATION_OVERSAMPLING",
     "VECTOR_NAME",
     "EdgeStore",
+    "RemoteOptions",
     "RemoteStore",
+    "StoreSettingsError",
+    "add_remote_arguments",
     "StoreSpec",
     "VectorStore",
     "attr_key",
@@ -63,6 +66,7 @@ class StoreSpec:
     api_key: str | None = None
     collection: str = DEFAULT_COLLECTION
     hnsw_ef: int = DEFAULT_HNSW_EF
+    remote: RemoteOptions = RemoteOptions()
 
 
 EDGE_SUBDIR = "edge_store"
@@ -70,7 +74,7 @@ EDGE_SUBDIR = "edge_store"
 BACKENDS: dict[str, Callable[[StoreSpec], VectorStore]] = {
     "qdrant-edge": lambda s: EdgeStore(Path(s.data_dir) / EDGE_SUBDIR, hnsw_ef=s.hnsw_ef),
     "qdrant-remote": lambda s: RemoteStore(
-        s.qdrant_url, api_key=s.api_key, collection=s.collection, hnsw_ef=s.hnsw_ef
+        s.qdrant_url, api_key=s.api_key, collection=s.collection, hnsw_ef=s.hnsw_ef, options=s.remote
     ),
 }
 
@@ -87,6 +91,7 @@ def open_store(
     collection: str = DEFAULT_COLLECTION,
     *,
     hnsw_ef: int | None = None,
+    remote: RemoteOptions | None = None,
 ) -> VectorStore:
     """Open the configured store: remote Qdrant when ``qdrant_url`` is set (``":memory:"`` gives
     an in-process qdrant-client), else Qdrant Edge under ``<data_dir>/edge_store``.
@@ -99,5 +104,6 @@ def open_store(
         api_key=api_key or None,
         collection=collection,
         hnsw_ef=DEFAULT_HNSW_EF if hnsw_ef is None else int(hnsw_ef),
+        remote=remote or RemoteOptions(),
     )
     return BACKENDS[backend_for(spec)](spec)

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelMismatchError
-from ..types import CollectionInfo, Hit, IndexPoint, SearchFilters
+from ..types import IMAGE_INDEX, INDEXED_AT, TITLE, CollectionInfo, Hit, IndexPoint, SearchFilters
+from .filters import Condition
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,14 @@ INDEXING_THRESHOLD_KB = 10_000
 
 _UPSERT_BATCH = 512
 _SCROLL_PAGE = 512
+
+# Payload indexes beyond the filterable fields (types.KEYWORD_FIELDS / FLOAT_FIELDS), so the catalog
+# view is counts, facets and ordered lookups instead of a scan: the image index (integer) marks a
+# product's first image (per-product counts), indexed_at (datetime) gives "last indexed" by one
+# ordered read, title (full text) lets a product picker look products up by words of their title.
+INTEGER_FIELDS = (IMAGE_INDEX,)
+DATETIME_FIELDS = (INDEXED_AT,)
+TEXT_FIELDS = (TITLE,)
 
 
 class VectorStore(ABC):
@@ -107,17 +116,51 @@ class VectorStore(ABC):
         """id -> float32 vector (normalised) for the ids that exist."""
 
     @abstractmethod
-    def scroll(self) -> Iterator[Hit]:
-        """Every point with payload (score 0.0); used for sync, resume and audits."""
+    def page(
+        self, limit: int, offset: Any = None, *, where: Sequence[Condition] = ()
+    ) -> tuple[list[Hit], Any]:
+        """One page of points with payload (score 0.0) matching ``where``, in id order, and the
+        offset of the next page (None at the end). The bounded lookup: callers that need a few
+        points read one page, never the whole collection."""
+
+    def scroll(self, *, where: Sequence[Condition] = ()) -> Iterator[Hit]:
+        """Every point (matching ``where``) with payload; for sync, resume and audits only: at 1M
+        points this reads 1M payloads, so nothing on a page load may call it."""
+        offset: Any = None
+        while True:
+            hits, offset = self.page(_SCROLL_PAGE, offset, where=where)
+            yield from hits
+            if offset is None or not hits:
+                return
 
     @abstractmethod
-    def count(self, filters: SearchFilters | None = None) -> int:
-        """Exact number of points matching ``filters`` (all points without)."""
+    def count(self, filters: SearchFilters | None = None, *, where: Sequence[Condition] = ()) -> int:
+        """Exact number of points matching ``filters`` and ``where`` (all points without)."""
 
     @abstractmethod
-    def facet(self, key: str, limit: int = 100) -> dict[str, int]:
-        """Value -> number of points, for a keyword payload field (e.g. "category" or
-        "attrs.color"); most frequent first, exact counts."""
+    def facet(self, key: str, limit: int = 100, *, where: Sequence[Condition] = ()) -> dict[str, int]:
+        """Value -> number of points (matching ``where``), for a keyword payload field (e.g.
+        "category" or "attrs.color"); most frequent first, exact counts."""
+
+    @abstractmethod
+    def extreme(self, key: str, *, largest: bool = False, where: Sequence[Condition] = ()) -> Any:
+        """The smallest (or largest) value of a range-indexed payload field (float, integer,
+        datetime) among the points matching ``where``, by one ordered read of the payload index;
+        None when no point has a value."""
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every write through this object: caches of derived facts (stats.py) compare it
+        to know the index changed. Writes by other processes are not seen (see ``exclusive``)."""
+        return self._generation
+
+    _generation = 0
+    # True where this object is the only writer (Edge holds the data-dir lock); False for a
+    # server other processes may write too, so caches must also expire by time.
+    exclusive = False
+
+    def _changed(self) -> None:
+        self._generation += 1
 
     @abstractmethod
     def info(self) -> CollectionInfo: ...
@@ -206,6 +249,14 @@ def _facet_from_payloads(payloads: Iterable[Mapping[str, Any]], key: str, limit:
         for v in {v for v in values if isinstance(v, (str, int, bool)) and not isinstance(v, float)}:
             counts[str(v) if not isinstance(v, str) else v] += 1
     return _top(counts.items(), limit)
+
+
+def _payload_value(payload: Mapping[str, Any] | None, key: str) -> Any:
+    """The value at a (possibly dotted) payload key; None where it is missing."""
+    value: Any = payload or {}
+    for part in _split_key(key):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
 
 
 def _split_key(key: str) -> list[str]:

@@ -42,15 +42,17 @@ import numpy as np
 from ..errors import StoreUnavailableError
 from ..types import FLOAT_FIELDS, KEYWORD_FIELDS, CollectionInfo, Hit, IndexPoint, SearchFilters
 from .base import (
-    _SCROLL_PAGE,
     _UPSERT_BATCH,
+    DATETIME_FIELDS,
     DEFAULT_EF_CONSTRUCT,
     DEFAULT_HNSW_EF,
     DEFAULT_HNSW_M,
     DEFAULT_QUANTIZATION,
     FULL_SCAN_THRESHOLD_KB,
     INDEXING_THRESHOLD_KB,
+    INTEGER_FIELDS,
     QUANTIZATION_OVERSAMPLING,
+    TEXT_FIELDS,
     VECTOR_NAME,
     VectorStore,
     _as_vector,
@@ -62,10 +64,11 @@ from .base import (
     _facet_from_payloads,
     _meta_record,
     _mismatch,
+    _payload_value,
     _top,
     _write_json_atomic,
 )
-from .filters import _edge_filter, attr_key
+from .filters import Condition, attr_key, edge_filter
 
 try:  # POSIX; on Windows the data-dir lock is skipped (qdrant-edge still locks the shard itself)
     import fcntl
@@ -177,6 +180,7 @@ class EdgeStore(VectorStore):
     """
 
     backend = "qdrant-edge"
+    exclusive = True  # the data-dir lock makes this object the only writer
 
     def __init__(
         self,
@@ -215,6 +219,8 @@ class EdgeStore(VectorStore):
             if self._shard_exists():
                 self._meta = self._read_meta()
                 self._shard = self._load_shard()
+                if self._meta is not None:  # an index from before the catalog-view indexes existed
+                    self._ensure_indexes(())
         except BaseException:
             self._dir_lock.release()
             raise
@@ -273,7 +279,6 @@ class EdgeStore(VectorStore):
             return None
 
     def ensure_collection(self, dim: int, model_id: str, keyword_fields: Sequence[str] = ()) -> None:
-        qe = self._qe
         with self._gate.exclusive():
             self._check_open()
             if self._shard is None:
@@ -290,13 +295,25 @@ class EdgeStore(VectorStore):
                 _write_json_atomic(self.meta_path, self._meta)
             else:
                 _check_meta(self._meta, model_id, dim)
-            existing = set(self._shard.info().payload_schema)
-            wanted = [(f, qe.PayloadSchemaType.Keyword) for f in KEYWORD_FIELDS]
-            wanted += [(f, qe.PayloadSchemaType.Float) for f in FLOAT_FIELDS]
-            wanted += [(attr_key(f), qe.PayloadSchemaType.Keyword) for f in keyword_fields]
-            for field_name, schema in wanted:
-                if field_name not in existing:
-                    self._shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
+            self._ensure_indexes(keyword_fields)
+            self._changed()
+
+    def _ensure_indexes(self, keyword_fields: Sequence[str]) -> None:
+        """Create the payload indexes that are missing (filters, facets, the catalog view).
+        Indexing an existing 1M-point shard takes a while once; afterwards this is a dict lookup."""
+        qe = self._qe
+        existing = set(self._shard.info().payload_schema)
+        wanted: list[tuple[str, Any]] = [(f, qe.PayloadSchemaType.Keyword) for f in KEYWORD_FIELDS]
+        wanted += [(f, qe.PayloadSchemaType.Float) for f in FLOAT_FIELDS]
+        wanted += [(f, qe.PayloadSchemaType.Integer) for f in INTEGER_FIELDS]
+        wanted += [(f, qe.PayloadSchemaType.Datetime) for f in DATETIME_FIELDS]
+        # prefix tokens: a picker matches "sho" to "Shoe" while the user is still typing
+        title = qe.TextIndexParams(tokenizer=qe.TokenizerType.Prefix, lowercase=True, max_token_len=20)
+        wanted += [(f, title) for f in TEXT_FIELDS]
+        wanted += [(attr_key(f), qe.PayloadSchemaType.Keyword) for f in keyword_fields]
+        for field_name, schema in wanted:
+            if field_name not in existing:
+                self._shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
 
     def _create_shard(self, dim: int) -> None:
         """EdgeShard.create; on failure remove what it left half-made (we hold the lock and the
@@ -349,6 +366,7 @@ class EdgeStore(VectorStore):
             ]
             with self._reading() as shard:  # Edge updates take the shard's own write lock
                 self._writable(shard).update(qe.UpdateOperation.upsert_points(edge_points))
+            self._changed()
 
     def delete(self, ids: Sequence[str]) -> None:
         if not ids:
@@ -356,6 +374,7 @@ class EdgeStore(VectorStore):
         with self._reading() as shard:
             if shard is not None:
                 shard.update(self._qe.UpdateOperation.delete_points([str(i) for i in ids]))
+        self._changed()
 
     def optimize(self) -> None:
         """Build the HNSW graph / merge segments now; blocks until done.
@@ -432,7 +451,7 @@ class EdgeStore(VectorStore):
         score_threshold: float | None = None,
     ) -> list[Hit]:
         query = _as_vector(vector, self.dim)
-        filt = _edge_filter(filters)
+        filt = edge_filter(filters)
         with self._reading() as shard:
             if top_k <= 0 or shard is None:
                 return []
@@ -462,7 +481,7 @@ class EdgeStore(VectorStore):
                 return []
             query = _average_vector_query(positives, negatives).astype(np.float32)
             exclude = sorted({str(i) for i in (*positive_ids, *negative_ids)})
-            return self._query(shard, query, top_k, _edge_filter(filters, exclude), score_threshold)
+            return self._query(shard, query, top_k, edge_filter(filters, exclude), score_threshold)
 
     @staticmethod
     def _vectors(shard: Any, ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -475,36 +494,51 @@ class EdgeStore(VectorStore):
                 return {}
             return self._vectors(shard, ids)
 
-    def scroll(self) -> Iterator[Hit]:
-        offset: Any = None
-        while True:
-            with self._reading() as shard:  # per page, so optimize/close are never starved
-                if shard is None:
-                    return
-                request = self._qe.ScrollRequest(
-                    offset=offset, limit=_SCROLL_PAGE, with_payload=True, with_vector=False
-                )
-                records, offset = shard.scroll(request)
-            for r in records:
-                yield Hit(str(r.id), 0.0, dict(r.payload or {}))
-            if offset is None or not records:
-                return
+    def page(
+        self, limit: int, offset: Any = None, *, where: Sequence[Condition] = ()
+    ) -> tuple[list[Hit], Any]:
+        filt = edge_filter(where=where)
+        with self._reading() as shard:  # per page, so optimize/close are never starved
+            if shard is None or limit <= 0:
+                return [], None
+            request = self._qe.ScrollRequest(
+                offset=offset, limit=int(limit), filter=filt, with_payload=True, with_vector=False
+            )
+            records, next_offset = shard.scroll(request)
+        return [Hit(str(r.id), 0.0, dict(r.payload or {})) for r in records], next_offset
 
-    def count(self, filters: SearchFilters | None = None) -> int:
+    def count(self, filters: SearchFilters | None = None, *, where: Sequence[Condition] = ()) -> int:
+        filt = edge_filter(filters, where=where)
         with self._reading() as shard:
             if shard is None:
                 return 0
-            return int(shard.count(self._qe.CountRequest(exact=True, filter=_edge_filter(filters))))
+            return int(shard.count(self._qe.CountRequest(exact=True, filter=filt)))
 
-    def facet(self, key: str, limit: int = 100) -> dict[str, int]:
+    def facet(self, key: str, limit: int = 100, *, where: Sequence[Condition] = ()) -> dict[str, int]:
+        filt = edge_filter(where=where)
         with self._reading() as shard:
             if shard is None:
                 return {}
             schema = shard.info().payload_schema
             if key in schema and schema[key].data_type == self._qe.PayloadSchemaType.Keyword:
-                response = shard.facet(self._qe.FacetRequest(key=key, limit=int(limit), exact=True))
+                request = self._qe.FacetRequest(key=key, limit=int(limit), exact=True, filter=filt)
+                response = shard.facet(request)
                 return _top(((h.value, h.count) for h in response.hits), limit)
-        return _facet_from_payloads((h.payload for h in self.scroll()), key, limit)  # no index: read all
+        # no keyword index on this field: count by reading the payloads (slow on a big index)
+        return _facet_from_payloads((h.payload for h in self.scroll(where=where)), key, limit)
+
+    def extreme(self, key: str, *, largest: bool = False, where: Sequence[Condition] = ()) -> Any:
+        qe = self._qe
+        filt = edge_filter(where=where)
+        direction = qe.Direction.Desc if largest else qe.Direction.Asc
+        with self._reading() as shard:
+            if shard is None:
+                return None
+            request = qe.ScrollRequest(
+                limit=1, filter=filt, with_payload=[key], order_by=qe.OrderBy(key, direction)
+            )
+            records, _ = shard.scroll(request)
+        return _payload_value(records[0].payload, key) if records else None
 
     def index_model(self) -> tuple[str | None, int | None]:
         meta = self._meta or {}

@@ -1,8 +1,10 @@
-"""The one place a SearchFilters becomes Qdrant conditions.
+"""The one place filters become Qdrant conditions.
 
-``_filter_conditions`` maps filters onto library-neutral conditions; ``_edge_filter`` and
-``_client_filter`` only spell those conditions in each library's types (qdrant-edge,
-qdrant-client), imported lazily so importing the store never imports Qdrant.
+``conditions`` maps a SearchFilters (what a shopper or merchandiser asked for) plus any internal
+conditions (``where``: e.g. "first image of a product" for per-product counts, a price bin) onto
+library-neutral conditions; ``edge_filter`` and ``client_filter`` only spell those in each
+library's types (qdrant-edge, qdrant-client). Qdrant is imported lazily, so importing the store
+package never imports Qdrant.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 from ..types import ATTRS_KEY, BRAND, CATEGORY, PRICE, SearchFilters
 
@@ -27,67 +29,94 @@ def attr_key(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class _AnyOf:
+class AnyOf:
+    """The field equals one of ``values`` (keyword strings or integers)."""
+
     key: str
-    values: tuple[str, ...]
+    values: tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
-class _Between:
+class Between:
+    """A numeric range; ``lt`` (exclusive) lets adjacent histogram bins share an edge."""
+
     key: str
-    gte: float | None
-    lte: float | None
+    gte: float | None = None
+    lte: float | None = None
+    lt: float | None = None
 
 
-def _filter_conditions(filters: SearchFilters | None) -> list[_AnyOf | _Between]:
-    """The one mapping from SearchFilters to (library-neutral) Qdrant conditions, all ANDed."""
-    if filters is None:
-        return []
-    conds: list[_AnyOf | _Between] = []
-    if filters.categories:
-        conds.append(_AnyOf(CATEGORY, tuple(str(v) for v in filters.categories)))
-    if filters.brands:
-        conds.append(_AnyOf(BRAND, tuple(str(v) for v in filters.brands)))
-    if filters.min_price is not None or filters.max_price is not None:
-        conds.append(
-            _Between(
-                PRICE,
-                None if filters.min_price is None else float(filters.min_price),
-                None if filters.max_price is None else float(filters.max_price),
+@dataclass(frozen=True)
+class TextMatch:
+    """Every word of ``text`` occurs in the field (needs a full-text payload index)."""
+
+    key: str
+    text: str
+
+
+Condition = Union[AnyOf, Between, TextMatch]  # noqa: UP007 - a runtime alias, read by isinstance users
+
+
+def conditions(filters: SearchFilters | None, where: Sequence[Condition] = ()) -> list[Condition]:
+    """The one mapping from SearchFilters (+ internal ``where`` conditions) to neutral Qdrant
+    conditions, all ANDed."""
+    conds: list[Condition] = []
+    if filters is not None:
+        if filters.categories:
+            conds.append(AnyOf(CATEGORY, tuple(str(v) for v in filters.categories)))
+        if filters.brands:
+            conds.append(AnyOf(BRAND, tuple(str(v) for v in filters.brands)))
+        if filters.min_price is not None or filters.max_price is not None:
+            conds.append(
+                Between(
+                    PRICE,
+                    gte=None if filters.min_price is None else float(filters.min_price),
+                    lte=None if filters.max_price is None else float(filters.max_price),
+                )
             )
-        )
-    for name, values in sorted(filters.attributes.items()):
-        if values:
-            conds.append(_AnyOf(attr_key(name), tuple(str(v) for v in values)))
+        for name, values in sorted(filters.attributes.items()):
+            if values:
+                conds.append(AnyOf(attr_key(name), tuple(str(v) for v in values)))
+    conds.extend(where)
     return conds
 
 
-def _edge_filter(filters: SearchFilters | None, exclude_ids: Sequence[str] = ()) -> Any:
-    """SearchFilters (+ ids to leave out) as a ``qdrant_edge.Filter``; None when unrestricted."""
+def edge_filter(
+    filters: SearchFilters | None = None, exclude_ids: Sequence[str] = (), where: Sequence[Condition] = ()
+) -> Any:
+    """Filters (+ ids to leave out) as a ``qdrant_edge.Filter``; None when unrestricted."""
     import qdrant_edge as qe
 
     must: list[Any] = []
-    for cond in _filter_conditions(filters):
-        if isinstance(cond, _AnyOf):
+    for cond in conditions(filters, where):
+        if isinstance(cond, AnyOf):
             must.append(qe.FieldCondition(key=cond.key, match=qe.MatchAny(list(cond.values))))
+        elif isinstance(cond, TextMatch):
+            must.append(qe.FieldCondition(key=cond.key, match=qe.MatchText(cond.text)))
         else:
-            must.append(qe.FieldCondition(key=cond.key, range=qe.RangeFloat(gte=cond.gte, lte=cond.lte)))
+            rng = qe.RangeFloat(gte=cond.gte, lte=cond.lte, lt=cond.lt)
+            must.append(qe.FieldCondition(key=cond.key, range=rng))
     must_not = [qe.HasIdCondition(set(exclude_ids))] if exclude_ids else []
     if not must and not must_not:
         return None
     return qe.Filter(must=must or None, must_not=must_not or None)
 
 
-def _client_filter(filters: SearchFilters | None, exclude_ids: Sequence[str] = ()) -> Any:
-    """SearchFilters (+ ids to leave out) as a ``qdrant_client.models.Filter``; None when unrestricted."""
+def client_filter(
+    filters: SearchFilters | None = None, exclude_ids: Sequence[str] = (), where: Sequence[Condition] = ()
+) -> Any:
+    """Filters (+ ids to leave out) as a ``qdrant_client.models.Filter``; None when unrestricted."""
     from qdrant_client import models as qm
 
     must: list[Any] = []
-    for cond in _filter_conditions(filters):
-        if isinstance(cond, _AnyOf):
+    for cond in conditions(filters, where):
+        if isinstance(cond, AnyOf):
             must.append(qm.FieldCondition(key=cond.key, match=qm.MatchAny(any=list(cond.values))))
+        elif isinstance(cond, TextMatch):
+            must.append(qm.FieldCondition(key=cond.key, match=qm.MatchText(text=cond.text)))
         else:
-            must.append(qm.FieldCondition(key=cond.key, range=qm.Range(gte=cond.gte, lte=cond.lte)))
+            rng = qm.Range(gte=cond.gte, lte=cond.lte, lt=cond.lt)
+            must.append(qm.FieldCondition(key=cond.key, range=rng))
     must_not = [qm.HasIdCondition(has_id=list(exclude_ids))] if exclude_ids else []
     if not must and not must_not:
         return None

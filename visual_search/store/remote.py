@@ -6,37 +6,206 @@ not, so it gets a lock.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import logging
 import math
+import os
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from ..errors import StoreUnavailableError
+from ..errors import StoreUnavailableError, VisualSearchError
 from ..types import FLOAT_FIELDS, KEYWORD_FIELDS, CollectionInfo, Hit, IndexPoint, SearchFilters
 from .base import (
-    _SCROLL_PAGE,
     _UPSERT_BATCH,
+    DATETIME_FIELDS,
     DEFAULT_COLLECTION,
     DEFAULT_EF_CONSTRUCT,
     DEFAULT_HNSW_EF,
     DEFAULT_HNSW_M,
+    INTEGER_FIELDS,
+    QUANTIZATION_OVERSAMPLING,
+    TEXT_FIELDS,
     VECTOR_NAME,
     VectorStore,
     _as_vector,
-    _batches,
     _check_meta,
     _clean_payload,
     _extra_vectors,
     _facet_from_payloads,
     _meta_record,
     _mismatch,
+    _payload_value,
     _top,
 )
-from .filters import _client_filter, attr_key
+from .filters import Condition, attr_key, client_filter
+
+log = logging.getLogger(__name__)
+
+
+class StoreSettingsError(VisualSearchError, ValueError):
+    """A cluster setting (flag or environment variable) has an impossible value."""
+
+
+QUANTIZATION_CHOICES = ("none", "int8", "binary")
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """How the collection is laid out on a Qdrant cluster, and how points are uploaded.
+
+    The layout fields apply when the collection is *created* (Qdrant fixes shard_number then;
+    replication and the rest can be changed later with Qdrant's own API). ``None`` leaves the
+    server's default. See the README's "Scaling" section for which to use at which size.
+    """
+
+    shard_number: int | None = None  # shards the collection is split into (spread over the nodes)
+    replication_factor: int | None = None  # copies of each shard (>= 2 survives a node loss)
+    write_consistency_factor: int | None = None  # replicas that must confirm a write
+    on_disk_vectors: bool = False  # original vectors memory-mapped from disk (RAM holds the quantized copy)
+    on_disk_payload: bool | None = None  # payload on disk (None: the server default)
+    quantization: str = "none"  # none | int8 (scalar, 4x smaller) | binary (32x smaller)
+    always_ram: bool = True  # keep the quantized vectors in RAM even when the originals are on disk
+    oversampling: float = QUANTIZATION_OVERSAMPLING  # query time: fetch k*oversampling, rescore exactly
+    upload_parallel: int = 1  # processes qdrant-client's upload_points uses
+    upload_retries: int = 3  # retries per failed batch (network blips, a node restarting)
+    upload_batch: int = _UPSERT_BATCH
+
+    def __post_init__(self) -> None:
+        if self.quantization not in QUANTIZATION_CHOICES:
+            raise StoreSettingsError(
+                f"Quantization must be one of {', '.join(QUANTIZATION_CHOICES)}, not {self.quantization!r}."
+            )
+        for name in ("shard_number", "replication_factor", "write_consistency_factor"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise StoreSettingsError(f"{name} must be 1 or more, not {value}.")
+        if not self.oversampling >= 1.0:
+            raise StoreSettingsError(f"Oversampling must be 1 or more, not {self.oversampling}.")
+        if self.upload_parallel < 1 or self.upload_retries < 0 or self.upload_batch < 1:
+            raise StoreSettingsError(
+                "Upload parallelism and batch size must be 1 or more, retries 0 or more."
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RemoteOptions:
+        """``QDRANT_SHARDS``, ``QDRANT_REPLICAS``, ``QDRANT_WRITE_CONSISTENCY``, ``QDRANT_ON_DISK``,
+        ``QDRANT_ON_DISK_PAYLOAD``, ``QDRANT_QUANTIZATION``, ``QDRANT_ALWAYS_RAM``,
+        ``QDRANT_OVERSAMPLING``, ``QDRANT_UPLOAD_PARALLEL``, ``QDRANT_UPLOAD_RETRIES``."""
+        env = os.environ if env is None else env
+        base = cls()
+        return cls(
+            shard_number=_env_int(env, "QDRANT_SHARDS"),
+            replication_factor=_env_int(env, "QDRANT_REPLICAS"),
+            write_consistency_factor=_env_int(env, "QDRANT_WRITE_CONSISTENCY"),
+            on_disk_vectors=_env_bool(env, "QDRANT_ON_DISK") or False,
+            on_disk_payload=_env_bool(env, "QDRANT_ON_DISK_PAYLOAD"),
+            quantization=(env.get("QDRANT_QUANTIZATION") or "none").strip().lower(),
+            always_ram=_env_bool(env, "QDRANT_ALWAYS_RAM") is not False,
+            oversampling=_env_float(env, "QDRANT_OVERSAMPLING", base.oversampling),
+            upload_parallel=_env_int(env, "QDRANT_UPLOAD_PARALLEL") or base.upload_parallel,
+            upload_retries=_env_int(env, "QDRANT_UPLOAD_RETRIES", base.upload_retries),
+        )
+
+    def with_args(self, args: argparse.Namespace) -> RemoteOptions:
+        """These options overridden by whichever ``add_remote_arguments`` flags were given."""
+        changes = {
+            field: getattr(args, dest)
+            for field, dest in _ARG_FIELDS.items()
+            if getattr(args, dest, None) is not None
+        }
+        return replace(self, **changes) if changes else self
+
+
+_ARG_FIELDS = {
+    "shard_number": "qdrant_shards",
+    "replication_factor": "qdrant_replicas",
+    "write_consistency_factor": "qdrant_write_consistency",
+    "on_disk_vectors": "qdrant_on_disk",
+    "on_disk_payload": "qdrant_on_disk_payload",
+    "quantization": "qdrant_quantization",
+    "oversampling": "qdrant_oversampling",
+    "upload_parallel": "qdrant_upload_parallel",
+}
+
+
+def add_remote_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Cluster flags (remote backend only; environment variables give the defaults)."""
+    group.add_argument(
+        "--qdrant-shards",
+        type=int,
+        help="shards of a new remote collection (QDRANT_SHARDS; default server's)",
+    )
+    group.add_argument(
+        "--qdrant-replicas", type=int, help="copies of each shard on a cluster (QDRANT_REPLICAS; default 1)"
+    )
+    group.add_argument(
+        "--qdrant-write-consistency",
+        type=int,
+        help="replicas that must confirm a write (QDRANT_WRITE_CONSISTENCY; default 1)",
+    )
+    group.add_argument(
+        "--qdrant-on-disk",
+        action="store_true",
+        default=None,
+        help="keep a new remote collection's original vectors on disk (QDRANT_ON_DISK=1)",
+    )
+    group.add_argument(
+        "--qdrant-on-disk-payload",
+        action="store_true",
+        default=None,
+        help="keep its payload on disk (QDRANT_ON_DISK_PAYLOAD=1)",
+    )
+    group.add_argument(
+        "--qdrant-quantization",
+        choices=QUANTIZATION_CHOICES,
+        help="quantized copy searched first, rescored with the originals (QDRANT_QUANTIZATION; default none)",
+    )
+    group.add_argument(
+        "--qdrant-oversampling",
+        type=float,
+        help=f"with quantization: candidates fetched per result before rescoring "
+        f"(QDRANT_OVERSAMPLING; default {QUANTIZATION_OVERSAMPLING:g})",
+    )
+    group.add_argument(
+        "--qdrant-upload-parallel",
+        type=int,
+        help="processes uploading batches to the remote Qdrant (QDRANT_UPLOAD_PARALLEL; default 1)",
+    )
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int | None = None) -> int | None:
+    value = (env.get(name) or "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise StoreSettingsError(f"{name} must be a whole number, not {value!r}.") from None
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = (env.get(name) or "").strip()
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise StoreSettingsError(f"{name} must be a number, not {value!r}.") from None
+
+
+def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
+    value = (env.get(name) or "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise StoreSettingsError(f"{name} must be 1/0 (or true/false), not {value!r}.")
 
 
 def _connection_reason(exc: BaseException) -> str:
@@ -75,6 +244,7 @@ class RemoteStore(VectorStore):
         hnsw_ef: int = DEFAULT_HNSW_EF,
         hnsw_m: int = DEFAULT_HNSW_M,
         ef_construct: int = DEFAULT_EF_CONSTRUCT,
+        options: RemoteOptions | None = None,
         client: Any = None,
     ) -> None:
         from qdrant_client import QdrantClient
@@ -85,6 +255,7 @@ class RemoteStore(VectorStore):
         self.hnsw_ef = int(hnsw_ef)
         self.hnsw_m = int(hnsw_m)
         self.ef_construct = int(ef_construct)
+        self.options = options or RemoteOptions()
         self._meta: dict[str, Any] | None = None
         if client is None:
             if not url:
@@ -104,6 +275,8 @@ class RemoteStore(VectorStore):
                 names = {c.name for c in client.get_collections().collections}
                 if collection in names:
                     self._meta = self._read_meta()
+                    if self._meta.get("model_id"):
+                        self._upgrade_indexes()
         except StoreUnavailableError:
             raise
         except Exception as exc:  # e.g. HTTP 404 or HTML from something that is not Qdrant
@@ -173,7 +346,6 @@ class RemoteStore(VectorStore):
         return meta
 
     def ensure_collection(self, dim: int, model_id: str, keyword_fields: Sequence[str] = ()) -> None:
-        qm = self._qm
         with self._errors():
             if self._client.collection_exists(self.collection):
                 meta = self._read_meta() or {}
@@ -184,25 +356,69 @@ class RemoteStore(VectorStore):
                     self._client.update_collection(self.collection, metadata=meta)
                 _check_meta(meta, model_id, dim)
                 self._meta = meta
-                existing = set(self._client.get_collection(self.collection).payload_schema or {})
             else:
                 meta = _meta_record(model_id, dim)
-                self._client.create_collection(
-                    self.collection,
-                    vectors_config={VECTOR_NAME: qm.VectorParams(size=int(dim), distance=qm.Distance.COSINE)},
-                    hnsw_config=qm.HnswConfigDiff(m=self.hnsw_m, ef_construct=self.ef_construct),
-                    metadata=meta,
-                )
+                self._client.create_collection(self.collection, **self._collection_config(dim), metadata=meta)
                 self._meta = meta
-                existing = set()
-            wanted = [(f, qm.PayloadSchemaType.KEYWORD) for f in KEYWORD_FIELDS]
-            wanted += [(f, qm.PayloadSchemaType.FLOAT) for f in FLOAT_FIELDS]
-            wanted += [(attr_key(f), qm.PayloadSchemaType.KEYWORD) for f in keyword_fields]
-            with warnings.catch_warnings():  # local mode warns that indexes have no effect there
-                warnings.simplefilter("ignore", UserWarning)
-                for field_name, schema in wanted:
-                    if field_name not in existing:
-                        self._client.create_payload_index(self.collection, field_name, schema, wait=True)
+            self._ensure_indexes(keyword_fields)
+        self._changed()
+
+    def _collection_config(self, dim: int) -> dict[str, Any]:
+        """create_collection's arguments from RemoteOptions (None: the server's default)."""
+        qm, opt = self._qm, self.options
+        quantization: Any = None
+        if opt.quantization == "int8":
+            quantization = qm.ScalarQuantization(
+                scalar=qm.ScalarQuantizationConfig(
+                    type=qm.ScalarType.INT8, quantile=0.99, always_ram=opt.always_ram
+                )
+            )
+        elif opt.quantization == "binary":
+            quantization = qm.BinaryQuantization(
+                binary=qm.BinaryQuantizationConfig(always_ram=opt.always_ram)
+            )
+        vector = qm.VectorParams(
+            size=int(dim), distance=qm.Distance.COSINE, on_disk=True if opt.on_disk_vectors else None
+        )
+        return {
+            "vectors_config": {VECTOR_NAME: vector},
+            "hnsw_config": qm.HnswConfigDiff(m=self.hnsw_m, ef_construct=self.ef_construct),
+            "shard_number": opt.shard_number,
+            "replication_factor": opt.replication_factor,
+            "write_consistency_factor": opt.write_consistency_factor,
+            "on_disk_payload": opt.on_disk_payload,
+            "quantization_config": quantization,
+        }
+
+    def _upgrade_indexes(self) -> None:
+        """A collection made before the catalog-view indexes existed gets them once; a read-only
+        API key cannot add them, which only makes the catalog view slower (logged)."""
+        try:
+            self._ensure_indexes(())
+        except Exception as exc:  # noqa: BLE001 - a missing index is not worth refusing to open
+            log.warning("Cannot add payload indexes to %s: %s", self.collection, exc)
+
+    def _ensure_indexes(self, keyword_fields: Sequence[str]) -> None:
+        """Create the payload indexes that are missing (filters, facets, the catalog view)."""
+        qm: Any = self._qm
+        existing = set(self._client.get_collection(self.collection).payload_schema or {})
+        wanted: list[tuple[str, Any]] = [(f, qm.PayloadSchemaType.KEYWORD) for f in KEYWORD_FIELDS]
+        wanted += [(f, qm.PayloadSchemaType.FLOAT) for f in FLOAT_FIELDS]
+        wanted += [(f, qm.PayloadSchemaType.INTEGER) for f in INTEGER_FIELDS]
+        wanted += [(f, qm.PayloadSchemaType.DATETIME) for f in DATETIME_FIELDS]
+        # prefix tokens: a picker matches "sho" to "Shoe" while the user is still typing
+        title = qm.TextIndexParams(
+            type=qm.TextIndexType.TEXT, tokenizer=qm.TokenizerType.PREFIX, lowercase=True, max_token_len=20
+        )
+        wanted += [(f, title) for f in TEXT_FIELDS]
+        wanted += [(attr_key(f), qm.PayloadSchemaType.KEYWORD) for f in keyword_fields]
+        with warnings.catch_warnings():  # local mode warns that indexes have no effect there
+            warnings.simplefilter("ignore", UserWarning)
+            for field_name, schema in wanted:
+                if field_name not in existing:
+                    self._client.create_payload_index(
+                        self.collection, field_name=field_name, field_schema=schema, wait=True
+                    )
 
     @property
     def dim(self) -> int | None:
@@ -212,18 +428,31 @@ class RemoteStore(VectorStore):
         return self._meta is not None or self._client.collection_exists(self.collection)
 
     def upsert(self, points: Sequence[IndexPoint]) -> None:
-        qm = self._qm
+        """Upload in batches through qdrant-client's ``upload_points``: ``options.upload_parallel``
+        processes, each batch retried ``options.upload_retries`` times (a node restarting, a blip)."""
+        qm, opt = self._qm, self.options
+        structs = [
+            qm.PointStruct(
+                id=str(p.id),
+                vector={VECTOR_NAME: _as_vector(p.vector, self.dim).tolist()},
+                payload=_clean_payload(p.payload),
+            )
+            for p in points
+        ]
+        if not structs:
+            return
+        # In-process local mode cannot be shared with worker processes.
+        parallel = 1 if self._local else min(opt.upload_parallel, max(1, len(structs) // opt.upload_batch))
         with self._errors():
-            for batch in _batches(points, _UPSERT_BATCH):
-                structs = [
-                    qm.PointStruct(
-                        id=str(p.id),
-                        vector={VECTOR_NAME: _as_vector(p.vector, self.dim).tolist()},
-                        payload=_clean_payload(p.payload),
-                    )
-                    for p in batch
-                ]
-                self._client.upsert(self.collection, points=structs, wait=True)
+            self._client.upload_points(
+                self.collection,
+                points=structs,
+                batch_size=opt.upload_batch,
+                parallel=parallel,
+                max_retries=opt.upload_retries,
+                wait=True,
+            )
+        self._changed()
 
     def delete(self, ids: Sequence[str]) -> None:
         if not ids:
@@ -232,6 +461,16 @@ class RemoteStore(VectorStore):
             if self._exists():
                 selector = self._qm.PointIdsList(points=[str(i) for i in ids])
                 self._client.delete(self.collection, points_selector=selector, wait=True)
+        self._changed()
+
+    def search_params(self) -> Any:
+        """Query-time knobs: the HNSW beam, and with quantization a rescore of
+        ``k * oversampling`` candidates by the original vectors (recall close to unquantized)."""
+        qm = self._qm
+        quant = None
+        if self.options.quantization != "none":
+            quant = qm.QuantizationSearchParams(rescore=True, oversampling=self.options.oversampling)
+        return qm.SearchParams(hnsw_ef=self.hnsw_ef, quantization=quant)
 
     def _query(self, query: Any, top_k: int, filt: Any, score_threshold: float | None) -> list[Hit]:
         response = self._client.query_points(
@@ -241,7 +480,7 @@ class RemoteStore(VectorStore):
             limit=int(top_k),
             query_filter=filt,
             score_threshold=score_threshold,
-            search_params=None if self._local else self._qm.SearchParams(hnsw_ef=self.hnsw_ef),
+            search_params=None if self._local else self.search_params(),
             with_payload=True,
         )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
@@ -259,7 +498,7 @@ class RemoteStore(VectorStore):
             if not self._exists():
                 return []
             query = _as_vector(vector, self.dim).tolist()
-            return self._query(query, top_k, _client_filter(filters), score_threshold)
+            return self._query(query, top_k, client_filter(filters), score_threshold)
 
     def recommend(
         self,
@@ -298,7 +537,7 @@ class RemoteStore(VectorStore):
                 )
             )
             # Qdrant leaves out the examples itself; the explicit exclusion also covers unknown ids.
-            return self._query(query, top_k, _client_filter(filters, sorted(set(wanted))), score_threshold)
+            return self._query(query, top_k, client_filter(filters, sorted(set(wanted))), score_threshold)
 
     def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         if not ids:
@@ -311,42 +550,72 @@ class RemoteStore(VectorStore):
             )
         return {str(r.id): np.asarray(r.vector[VECTOR_NAME], dtype=np.float32) for r in records}
 
-    def scroll(self) -> Iterator[Hit]:
+    def page(
+        self, limit: int, offset: Any = None, *, where: Sequence[Condition] = ()
+    ) -> tuple[list[Hit], Any]:
         with self._errors():
-            if not self._exists():
-                return
-        offset: Any = None
-        while True:
-            with self._errors():
-                records, offset = self._client.scroll(
-                    self.collection, limit=_SCROLL_PAGE, offset=offset, with_payload=True, with_vectors=False
-                )
-            for r in records:
-                yield Hit(str(r.id), 0.0, dict(r.payload or {}))
-            if offset is None or not records:
-                return
+            if limit <= 0 or not self._exists():
+                return [], None
+            records, next_offset = self._client.scroll(
+                self.collection,
+                scroll_filter=client_filter(where=where),
+                limit=int(limit),
+                offset=offset,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return [Hit(str(r.id), 0.0, dict(r.payload or {})) for r in records], next_offset
 
-    def count(self, filters: SearchFilters | None = None) -> int:
+    def count(self, filters: SearchFilters | None = None, *, where: Sequence[Condition] = ()) -> int:
         with self._errors():
             if not self._exists():
                 return 0
-            return int(
-                self._client.count(self.collection, count_filter=_client_filter(filters), exact=True).count
-            )
+            filt = client_filter(filters, where=where)
+            return int(self._client.count(self.collection, count_filter=filt, exact=True).count)
 
-    def facet(self, key: str, limit: int = 100) -> dict[str, int]:
+    def facet(self, key: str, limit: int = 100, *, where: Sequence[Condition] = ()) -> dict[str, int]:
         from qdrant_client.http.exceptions import UnexpectedResponse
 
         with self._errors():
             if not self._exists():
                 return {}
             try:
-                response = self._client.facet(self.collection, key, limit=int(limit), exact=True)
+                response = self._client.facet(
+                    self.collection,
+                    key,
+                    facet_filter=client_filter(where=where),
+                    limit=int(limit),
+                    exact=True,
+                )
                 return _top(((h.value, h.count) for h in response.hits), limit)
             except UnexpectedResponse as exc:
                 if exc.status_code != 400:  # 400: no keyword index on this field -> count ourselves
                     raise
-        return _facet_from_payloads((h.payload for h in self.scroll()), key, limit)
+        return _facet_from_payloads((h.payload for h in self.scroll(where=where)), key, limit)
+
+    def extreme(self, key: str, *, largest: bool = False, where: Sequence[Condition] = ()) -> Any:
+        from qdrant_client.http.exceptions import UnexpectedResponse
+
+        qm = self._qm
+        direction = qm.Direction.DESC if largest else qm.Direction.ASC
+        with self._errors():
+            if not self._exists():
+                return None
+            try:
+                records, _ = self._client.scroll(
+                    self.collection,
+                    scroll_filter=client_filter(where=where),
+                    limit=1,
+                    order_by=qm.OrderBy(key=key, direction=direction),
+                    with_payload=[key],
+                    with_vectors=False,
+                )
+            except UnexpectedResponse as exc:
+                if exc.status_code != 400:  # 400: no range index on this field (an older collection)
+                    raise
+                log.warning("No range index on %s in %s; cannot order by it", key, self.collection)
+                return None
+        return _payload_value(records[0].payload, key) if records else None
 
     def index_model(self) -> tuple[str | None, int | None]:
         if self._meta is None:  # another process may have created the collection since we opened

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .. import audit, errors
+from .. import errors
 from ..analytics import SearchLog
 from ..engine import SearchEngine, SearchResponse
 from ..errors import VisualSearchError
 from ..fetch import default_policy
 from ..images import load_image
+from ..stats import CatalogStats, StatsCache
 from ..types import IMAGE_INDEX, SearchFilters
 from .render import image_url
 
@@ -290,7 +291,7 @@ class UIContext:
     examples: list[Path] = field(default_factory=list)
     threshold: float = 0.0
     limiter: ClientLimiter = field(default_factory=lambda: ClientLimiter(MAX_SEARCHES_PER_CLIENT))
-    _stats: audit.CatalogStats | None = None
+    _stats: StatsCache = field(default_factory=StatsCache)
 
     @classmethod
     def create(cls, engine: SearchEngine, search_log: SearchLog | None, options: UIOptions) -> UIContext:
@@ -311,14 +312,13 @@ class UIContext:
             ClientLimiter(options.max_searches_per_client),
         )
 
-    def stats(self, refresh: bool = False) -> audit.CatalogStats:
-        if self._stats is None or refresh:
-            try:
-                self._stats = audit.catalog_stats(self.engine)
-            except VisualSearchError as exc:
-                log.warning("catalog stats unavailable: %s", exc)
-                self._stats = audit.CatalogStats(0, 0, {}, {}, [])
-        return self._stats
+    def stats(self, refresh: bool = False) -> CatalogStats:
+        """The catalog view (counts, facets, price bins), cached until the index changes."""
+        try:
+            return self._stats.get(self.engine.store, refresh=refresh)
+        except VisualSearchError as exc:
+            log.warning("catalog stats unavailable: %s", exc)
+            return CatalogStats()
 
     def log_search(
         self, view: dict[str, Any], text: str | None, photo: Image.Image | None, session: str | None
