@@ -730,3 +730,41 @@ def test_cli_settings_carry_the_cluster_flags(monkeypatch):
     settings = Settings.from_args(args)
     assert (settings.remote.shard_number, settings.remote.replication_factor) == (12, 3)
     assert settings.remote.on_disk_vectors is True
+
+
+def test_edge_indexing_threads_reach_the_hnsw_build(tmp_path: Path):
+    """The thread cap is written at create and re-applied by the optimize child to an existing shard."""
+    import json
+
+    def stored_threads() -> int:
+        cfg = json.loads((tmp_path / "e" / "shard" / "edge_config.json").read_text())
+        return cfg["hnsw_config"]["max_indexing_threads"]
+
+    store = EdgeStore(tmp_path / "e", indexing_threads=1)
+    store.ensure_collection(DIM, MODEL)
+    store.upsert(points())
+    store.close()
+    assert stored_threads() == 1
+    store = EdgeStore(tmp_path / "e", indexing_threads=3, optimize_in_subprocess=True)
+    try:
+        store.optimize()
+        assert stored_threads() == 3
+        assert names(store.search(vec((0, 1.0)), top_k=1)) == ["p0"]  # the reloaded shard still answers
+        assert store.count() == len(CATALOG)
+    finally:
+        store.close()
+    with pytest.raises(ValueError, match="0 \\(all cores\\) or more"):
+        EdgeStore(tmp_path / "other", indexing_threads=-1)
+
+
+def test_indexing_threads_setting_from_env_and_flag(monkeypatch):
+    from visual_search.cli import build_parser
+    from visual_search.config import Settings
+
+    monkeypatch.setenv("VS_INDEXING_THREADS", "2")
+    assert Settings.from_args(build_parser().parse_args(["info"])).indexing_threads == 2
+    args = build_parser().parse_args(["info", "--indexing-threads", "1"])
+    assert Settings.from_args(args).indexing_threads == 1
+    monkeypatch.setenv("VS_INDEXING_THREADS", "lots")
+    with pytest.warns(UserWarning, match="VS_INDEXING_THREADS"):
+        assert Settings.from_env().indexing_threads == 0

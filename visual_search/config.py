@@ -28,6 +28,7 @@ class Settings:
     log_days: int = DEFAULT_LOG_DAYS  # 0 keeps the analytics log forever
     runtime: str = "auto"  # torch | onnx | onnx-int8 | auto (visual_search.device.pick_runtime)
     remote: RemoteOptions = RemoteOptions()  # cluster layout and uploads (remote backend only)
+    indexing_threads: int = 0  # HNSW build threads of the embedded index; 0 = all cores
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -43,6 +44,7 @@ class Settings:
             log_days=_log_days(env.get("VS_LOG_DAYS")),
             runtime=env.get("VS_RUNTIME") or "auto",
             remote=RemoteOptions.from_env(env),
+            indexing_threads=_indexing_threads(env.get("VS_INDEXING_THREADS")),
         )
 
     @classmethod
@@ -59,7 +61,22 @@ class Settings:
             log_days=base.log_days if getattr(args, "log_days", None) is None else args.log_days,
             runtime=getattr(args, "runtime", None) or base.runtime,
             remote=base.remote.with_args(args),
+            indexing_threads=base.indexing_threads
+            if getattr(args, "indexing_threads", None) is None
+            else args.indexing_threads,
         )
+
+
+def _indexing_threads(value: str | None) -> int:
+    """VS_INDEXING_THREADS; unset or unreadable gives 0 (Qdrant uses every core)."""
+    try:
+        threads = int(value) if value and value.strip() else 0
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        warnings.warn(f"VS_INDEXING_THREADS={value!r} is not 0 or more; using 0 (all cores)", stacklevel=2)
+        return 0
+    return threads
 
 
 def _log_days(value: str | None) -> int:
@@ -82,6 +99,16 @@ def _days(value: str) -> int:
     if days < 0:
         raise argparse.ArgumentTypeError(f"0 or more days, got {days}")
     return days
+
+
+def _threads(value: str) -> int:
+    try:
+        threads = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of threads, got {value!r}") from None
+    if threads < 0:
+        raise argparse.ArgumentTypeError(f"0 (all cores) or more threads, got {threads}")
+    return threads
 
 
 def add_log_days_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -114,6 +141,12 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--qdrant-api-key", help="API key for the remote Qdrant (QDRANT_API_KEY)")
     g.add_argument(
         "--collection", help="collection name on the remote Qdrant (VS_COLLECTION; default products)"
+    )
+    g.add_argument(
+        "--indexing-threads",
+        type=_threads,
+        help="threads building the embedded index's HNSW graph after indexing (VS_INDEXING_THREADS; "
+        "default 0 = all cores; fewer keeps a core free for a running app)",
     )
     add_remote_arguments(g)
     g.add_argument(

@@ -212,6 +212,7 @@ class SearchEngine:
             settings.qdrant_api_key,
             settings.collection,
             remote=settings.remote,
+            indexing_threads=settings.indexing_threads,
         )
         try:
             encoder = create_encoder(settings.model, device=settings.device, runtime=settings.runtime)

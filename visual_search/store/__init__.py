@@ -20,6 +20,7 @@ from .base import (
     DEFAULT_EF_CONSTRUCT,
     DEFAULT_HNSW_EF,
     DEFAULT_HNSW_M,
+    DEFAULT_INDEXING_THREADS,
     DEFAULT_QUANTIZATION,
     FULL_SCAN_THRESHOLD_KB,
     INDEXING_THRESHOLD_KB,
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_EF_CONSTRUCT",
     "DEFAULT_HNSW_EF",
     "DEFAULT_HNSW_M",
+    "DEFAULT_INDEXING_THREADS",
     "DEFAULT_QUANTIZATION",
     "EDGE_SUBDIR",
     "FULL_SCAN_THRESHOLD_KB",
@@ -67,12 +69,15 @@ class StoreSpec:
     collection: str = DEFAULT_COLLECTION
     hnsw_ef: int = DEFAULT_HNSW_EF
     remote: RemoteOptions = RemoteOptions()
+    indexing_threads: int = DEFAULT_INDEXING_THREADS
 
 
 EDGE_SUBDIR = "edge_store"
 
 BACKENDS: dict[str, Callable[[StoreSpec], VectorStore]] = {
-    "qdrant-edge": lambda s: EdgeStore(Path(s.data_dir) / EDGE_SUBDIR, hnsw_ef=s.hnsw_ef),
+    "qdrant-edge": lambda s: EdgeStore(
+        Path(s.data_dir) / EDGE_SUBDIR, hnsw_ef=s.hnsw_ef, indexing_threads=s.indexing_threads
+    ),
     "qdrant-remote": lambda s: RemoteStore(
         s.qdrant_url, api_key=s.api_key, collection=s.collection, hnsw_ef=s.hnsw_ef, options=s.remote
     ),
@@ -92,6 +97,7 @@ def open_store(
     *,
     hnsw_ef: int | None = None,
     remote: RemoteOptions | None = None,
+    indexing_threads: int = DEFAULT_INDEXING_THREADS,
 ) -> VectorStore:
     """Open the configured store: remote Qdrant when ``qdrant_url`` is set (``":memory:"`` gives
     an in-process qdrant-client), else Qdrant Edge under ``<data_dir>/edge_store``.
@@ -105,5 +111,6 @@ def open_store(
         collection=collection,
         hnsw_ef=DEFAULT_HNSW_EF if hnsw_ef is None else int(hnsw_ef),
         remote=remote or RemoteOptions(),
+        indexing_threads=int(indexing_threads),
     )
     return BACKENDS[backend_for(spec)](spec)

@@ -39,6 +39,10 @@ DEFAULT_HNSW_M = 16
 DEFAULT_EF_CONSTRUCT = 100
 DEFAULT_HNSW_EF = 128
 DEFAULT_QUANTIZATION = True
+# Threads for the HNSW build (Qdrant's max_indexing_threads): 0 = Qdrant's automatic choice, which
+# used every core here (per-thread CPU sampled during an optimize on 2 cores: 2 busy threads). Set
+# it lower to leave cores to a web UI serving during a rebuild. See bench/RESULTS.md.
+DEFAULT_INDEXING_THREADS = 0
 QUANTIZATION_OVERSAMPLING = 2.0
 # Below this many KB of vectors per segment Qdrant searches exactly (no HNSW needed).
 FULL_SCAN_THRESHOLD_KB = 10_000

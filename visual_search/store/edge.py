@@ -47,6 +47,7 @@ from .base import (
     DEFAULT_EF_CONSTRUCT,
     DEFAULT_HNSW_EF,
     DEFAULT_HNSW_M,
+    DEFAULT_INDEXING_THREADS,
     DEFAULT_QUANTIZATION,
     FULL_SCAN_THRESHOLD_KB,
     INDEXING_THRESHOLD_KB,
@@ -130,9 +131,25 @@ class _DirLock:
         self.release()
 
 
-_OPTIMIZE_SCRIPT = (
-    "import sys, qdrant_edge as qe; s = qe.EdgeShard.load(sys.argv[1]); s.optimize(); s.flush(); s.close()"
-)
+# The child that builds the HNSW graph. argv: shard path, and a JSON override of the stored HNSW
+# config (or "null"): the indexing-thread count is a property of the machine, not of the index,
+# so the current setting is applied to shards created elsewhere or with another setting.
+_OPTIMIZE_SCRIPT = """
+import json, sys, qdrant_edge as qe
+path, override = sys.argv[1], json.loads(sys.argv[2])
+config = None
+if override:
+    hnsw = qe.HnswIndexConfig(
+        m=override["m"],
+        ef_construct=override["ef_construct"],
+        full_scan_threshold=override["full_scan_threshold"],
+        max_indexing_threads=override["threads"],
+    )
+    vectors = {override["name"]: qe.EdgeVectorParams(size=override["dim"], distance=qe.Distance.Cosine)}
+    config = qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw)
+s = qe.EdgeShard.load(path, config) if config else qe.EdgeShard.load(path)
+s.optimize(); s.flush(); s.close()
+"""
 
 
 class _Gate:
@@ -177,6 +194,8 @@ class EdgeStore(VectorStore):
     ``hnsw_ef`` is the search-time beam width (recall/latency knob); ``hnsw_m`` and
     ``ef_construct`` shape the graph and apply when the shard is created. ``quantization=True``
     stores an int8 scalar-quantized copy and searches it with rescoring (less RAM bandwidth).
+    ``indexing_threads`` caps the HNSW build's threads (0: Qdrant picks, all cores); it applies at
+    every optimize(), also to shards created with another value.
     """
 
     backend = "qdrant-edge"
@@ -191,6 +210,7 @@ class EdgeStore(VectorStore):
         ef_construct: int = DEFAULT_EF_CONSTRUCT,
         quantization: bool = DEFAULT_QUANTIZATION,
         max_search_threads: int | None = None,
+        indexing_threads: int = DEFAULT_INDEXING_THREADS,
         optimize_in_subprocess: bool | None = None,
         busy_timeout_s: float = 30.0,
     ) -> None:
@@ -205,6 +225,9 @@ class EdgeStore(VectorStore):
         self.ef_construct = int(ef_construct)
         self.quantization = bool(quantization)
         self.max_search_threads = max_search_threads
+        if int(indexing_threads) < 0:
+            raise ValueError(f"indexing_threads must be 0 (all cores) or more, not {indexing_threads}")
+        self.indexing_threads = int(indexing_threads)
         self.optimize_in_subprocess = optimize_in_subprocess
         self.busy_timeout_s = busy_timeout_s
         self._gate = _Gate()
@@ -264,7 +287,10 @@ class EdgeStore(VectorStore):
         return qe.EdgeConfig(
             vectors={VECTOR_NAME: qe.EdgeVectorParams(size=int(dim), distance=qe.Distance.Cosine)},
             hnsw_config=qe.HnswIndexConfig(
-                m=self.hnsw_m, ef_construct=self.ef_construct, full_scan_threshold=FULL_SCAN_THRESHOLD_KB
+                m=self.hnsw_m,
+                ef_construct=self.ef_construct,
+                full_scan_threshold=FULL_SCAN_THRESHOLD_KB,
+                max_indexing_threads=self.indexing_threads,
             ),
             quantization_config=quant,
             max_search_threads=self.max_search_threads,
@@ -399,7 +425,13 @@ class EdgeStore(VectorStore):
             self._shard = None
             try:
                 done = subprocess.run(
-                    [sys.executable, "-c", _OPTIMIZE_SCRIPT, str(self.shard_dir)],
+                    [
+                        sys.executable,
+                        "-c",
+                        _OPTIMIZE_SCRIPT,
+                        str(self.shard_dir),
+                        json.dumps(self._hnsw_override()),
+                    ],
                     capture_output=True,
                     text=True,
                     check=False,
@@ -409,6 +441,25 @@ class EdgeStore(VectorStore):
             if done.returncode != 0:  # e.g. a frozen app without a usable interpreter
                 self._shard.optimize()
                 self._shard.flush()
+
+    def _hnsw_override(self) -> dict[str, Any] | None:
+        """The shard's own HNSW config (from qdrant-edge's edge_config.json) with this store's
+        indexing-thread count; None (keep the stored config) when it cannot be read."""
+        try:
+            cfg = json.loads((self.shard_dir / "edge_config.json").read_text(encoding="utf-8"))
+            hnsw = cfg["hnsw_config"]
+            if int(hnsw.get("max_indexing_threads", 0)) == self.indexing_threads:
+                return None  # nothing to change
+            return {
+                "name": VECTOR_NAME,
+                "dim": int(cfg["vectors"][VECTOR_NAME]["size"]),
+                "m": int(hnsw["m"]),
+                "ef_construct": int(hnsw["ef_construct"]),
+                "full_scan_threshold": int(hnsw["full_scan_threshold"]),
+                "threads": self.indexing_threads,
+            }
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _optimize_out_of_process(self) -> bool:
         if not sys.executable or self.optimize_in_subprocess is False:
