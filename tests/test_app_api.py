@@ -293,12 +293,20 @@ def test_filters_from_widgets():
 
 
 def test_price_histogram_bins_in_price_order():
+    from visual_search.stats import PriceBin
     from visual_search.ui.common import default_threshold
     from visual_search.ui.tabs.catalog import price_histogram
 
-    frame, labels = price_histogram([3.5, 4, 12, 19.9, 31], "$")
-    assert labels[0] == "$0–5" and labels == list(frame["price range"])
-    assert int(frame["products"].sum()) == 5
+    bins = [
+        PriceBin(0, 5, 2),
+        PriceBin(5, 10, 0),
+        PriceBin(10, 15, 1),
+        PriceBin(15, 20, 1),
+        PriceBin(30, 35, 1),
+    ]
+    frame, labels = price_histogram(bins, "$")
+    assert labels[0] == "$0–5" and labels[-1] == "$30–35" and labels == list(frame["price range"])
+    assert list(frame["products"]) == [2, 0, 1, 1, 1]
     assert default_threshold("test:tiny@random-seed0") == 0.0
     assert default_threshold("ViT-B-32@laion2b_s34b_b79k") == pytest.approx(0.2)
 

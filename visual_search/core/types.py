@@ -24,6 +24,7 @@ PRICE = "price"
 DESCRIPTION = "description"
 URL = "url"
 ATTRS_KEY = "attrs"
+INDEXED_AT = "indexed_at"  # ISO 8601 UTC time the point was last embedded (set by the engine)
 
 KEYWORD_FIELDS = (PRODUCT_ID, CATEGORY, BRAND)
 FLOAT_FIELDS = (PRICE,)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from visual_search.core.errors import UnsupportedQueryError, VisualSearchError
-from visual_search.core.types import CATEGORY, PRODUCT_ID
+from visual_search.core.types import CATEGORY
 from visual_search.evaluation.metrics import (
     EvalReport,
     Latency,
@@ -26,8 +26,13 @@ DEFAULT_PIPELINE = "auto"  # what the app searches photos with (query_views.sear
 NO_CATEGORY = "(none)"
 
 
-def _categories(engine: Any) -> dict[str, str | None]:
-    return {str(hit.payload.get(PRODUCT_ID)): hit.payload.get(CATEGORY) for hit in engine.store.scroll()}
+def _categories(engine: Any, product_ids: Iterable[str]) -> dict[str, str | None]:
+    """Category of each expected product that is indexed: a bounded lookup of just those
+    products (stats.product_payloads), not a scan of the whole index."""
+    from ..stats import product_payloads
+
+    found = product_payloads(engine.store, list(product_ids))
+    return {pid: payload.get(CATEGORY) for pid, payload in found.items()}
 
 
 def evaluate_engine(
@@ -51,7 +56,7 @@ def evaluate_engine(
     after each query.
     """
     query_set = queries if isinstance(queries, QuerySet) else QuerySet(list(queries), "queries", "")
-    categories = _categories(engine)
+    categories = _categories(engine, (pid for query in query_set for pid in query.expected))
     results: list[QueryResult] = []
     notes: dict[str, None] = {}  # ordered set
     skipped_text = 0

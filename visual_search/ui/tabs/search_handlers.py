@@ -75,11 +75,11 @@ class SearchHandlers:
         return [(f"{b} ({n})", b) for b, n in self.ctx.stats().brands.items()][:CHOICES_LIMIT]
 
     def price_note(self) -> str:
-        prices = self.ctx.stats().prices
+        stats = self.ctx.stats()
         cur = self.ctx.options.currency
         info = (
-            f"Catalog prices run from {cur}{min(prices):,.2f} to {cur}{max(prices):,.2f}."
-            if prices
+            f"Catalog prices run from {cur}{stats.price_min:,.2f} to {cur}{stats.price_max:,.2f}."
+            if stats.price_min is not None and stats.price_max is not None
             else "No prices in the catalog."
         )
         return f'<div class="vs-dim">{render.esc(info)} Empty or 0 = no limit.</div>'
