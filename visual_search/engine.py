@@ -393,9 +393,6 @@ class SearchEngine:
             query_vector=vector,
         )
 
-    def search_by_image(self, image: Image.Image | str | Path | bytes, **kwargs: Any) -> SearchResponse:
-        return self.search(image=image, **kwargs)
-
     def search_by_text(self, text: str, **kwargs: Any) -> SearchResponse:
         return self.search(text=text, **kwargs)
 
