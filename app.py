@@ -15,13 +15,13 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from visual_search.config import (  # noqa: E402
+from visual_search.core.config import (  # noqa: E402
     SAMPLE_CATALOG,
     Settings,
     add_log_days_argument,
     add_settings_arguments,
 )
-from visual_search.errors import VisualSearchError  # noqa: E402
+from visual_search.core.errors import VisualSearchError  # noqa: E402
 
 log = logging.getLogger("visual_search.app")
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return fail(f"cannot read --admin-password-file ({exc.strerror or exc}).")
     settings = Settings.from_args(args)
-    from visual_search.fetch import FetchPolicy, set_default_policy
+    from visual_search.images.fetch import FetchPolicy, set_default_policy
 
     set_default_policy(FetchPolicy(allow_private=args.allow_private_image_links))  # every URL the app opens
 

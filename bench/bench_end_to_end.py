@@ -19,7 +19,7 @@ with ``create_encoder("ViT-B-32@/tmp/....pt")``, CPU.
     python bench/bench_end_to_end.py --runtime onnx-int8 --no-background     # the fast CPU runtime
 
 writes (or replaces) the "End-to-end" section of ``--out``. ``--runtime`` (default torch, the eager
-baseline) picks the encoder's runtime (visual_search.runtime); ONNX exports go to a temporary folder,
+baseline) picks the encoder's runtime (visual_search.encoders.runtime); ONNX exports go to a temporary folder,
 so the first-start export is not part of any timing (it happens before the runs).
 """
 
@@ -52,8 +52,8 @@ from visual_search import engine as engine_module  # noqa: E402
 from visual_search.catalog import read_catalog  # noqa: E402
 from visual_search.encoders import create_encoder  # noqa: E402
 from visual_search.engine import SearchEngine  # noqa: E402
-from visual_search.evaluate import percentile, synthetic_queries  # noqa: E402
-from visual_search.images import load_image  # noqa: E402
+from visual_search.evaluation import percentile, synthetic_queries  # noqa: E402
+from visual_search.images.load import load_image  # noqa: E402
 from visual_search.store import open_store  # noqa: E402
 
 SECTION = "## End-to-end"

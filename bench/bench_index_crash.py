@@ -42,7 +42,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from visual_search.errors import StoreUnavailableError  # noqa: E402
+from visual_search.core.errors import StoreUnavailableError  # noqa: E402
 from visual_search.store import open_store  # noqa: E402
 
 PROGRESS = re.compile(rb"(\d+)/(\d+)")

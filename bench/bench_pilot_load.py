@@ -46,11 +46,11 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from visual_search import fetch as fetch_module  # noqa: E402
+from visual_search.core.errors import VisualSearchError  # noqa: E402
 from visual_search.encoders import create_encoder  # noqa: E402
 from visual_search.engine import SearchEngine  # noqa: E402
-from visual_search.errors import VisualSearchError  # noqa: E402
-from visual_search.fetch import FetchPolicy  # noqa: E402
-from visual_search.images import load_image, release_memory  # noqa: E402
+from visual_search.images.fetch import FetchPolicy  # noqa: E402
+from visual_search.images.load import load_image, release_memory  # noqa: E402
 from visual_search.store import open_store  # noqa: E402
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 200, 40), (40, 200, 200), (200, 40, 200)]

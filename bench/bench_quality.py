@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from visual_search.catalog import read_catalog  # noqa: E402
 from visual_search.encoders import create_encoder  # noqa: E402
 from visual_search.engine import SearchEngine  # noqa: E402
-from visual_search.evaluate import (  # noqa: E402
-    _Item,
+from visual_search.evaluation import (  # noqa: E402
+    SourceImage,
     evaluate_engine,
     format_pipeline_table,
     holdout_queries,
@@ -187,7 +187,7 @@ def main() -> int:
         sets.append((f"seed {seed}", catalog, qs))
     if args.holdout:
         index_catalog, held = holdout_queries(catalog, seed=0)
-        items = [_Item(q.expected[0], 0, str(q.image), q.category) for q in held]
+        items = [SourceImage(q.expected[0], 0, str(q.image), q.category) for q in held]
         qs = shopper_queries(
             items, n=len(items), out_dir=work / "q-holdout", seed=2, distractors=index_catalog,
             description=f"From {len(items)} held-out photos (not in the index); shopper seed 2.",

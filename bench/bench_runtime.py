@@ -42,10 +42,10 @@ import torch  # noqa: E402
 from bench_end_to_end import bench_indexing, machine, random_vit_b_32  # noqa: E402
 
 from visual_search.catalog import read_catalog  # noqa: E402
-from visual_search.config import SAMPLE_CATALOG  # noqa: E402
+from visual_search.core.config import SAMPLE_CATALOG  # noqa: E402
 from visual_search.encoders import create_encoder  # noqa: E402
-from visual_search.evaluate import percentile  # noqa: E402
-from visual_search.images import load_image  # noqa: E402
+from visual_search.evaluation import percentile  # noqa: E402
+from visual_search.images.load import load_image  # noqa: E402
 
 SECTION = "## CPU inference runtime"
 RUNTIMES = ("torch", "onnx", "onnx-int8")
@@ -137,7 +137,7 @@ def report(
         f"{args.batch_images} for throughput ({args.repeats} repeats, median). Times include preprocessing "
         "(resize, crop, normalise) of pre-decoded images, as in a query. `onnx-int8` quantizes MatMul/Gemm "
         "only (weights int8 per channel, activations dynamic); convolutions stay fp32 (why: "
-        "`visual_search/runtime.py`).",
+        "`visual_search/encoders/runtime.py`).",
         "",
         "| model | runtime (runs as) | photo p50 ms | p95 ms | x torch (p50) | text p50 ms | x torch "
         "| img/s b16 | img/s b32 | x torch (b32) | cosine to torch min / mean | first-start export s |",
@@ -160,23 +160,46 @@ def report(
                 + f" | {b16:.1f} | {b32:.1f} | {b32 / tb:.2f} | {cos.min():.4f} / {cos.mean():.4f} "
                 + f"| {m['export_s'][r] if r != 'torch' else 0:.1f} |"
             )
+    vit = models[-1]
+    v_t, v_f = percentile(vit["single"]["torch"], 50), percentile(vit["single"]["onnx-int8"], 50)
+    lines += [
+        "",
+        f"Targets (issue 10), {vit['label']}, batch-1 photo embedding: >= 3x faster than torch eager in the "
+        f"same run: **{'met' if v_t / v_f >= 3 else 'missed'}** ({v_t / v_f:.2f}x); p50 <= 40 ms: "
+        f"**{'met' if v_f <= 40 else 'missed'}** ({v_f:.1f} ms, on a machine loaded as stated above).",
+        "",
+        "Reading the table: ONNX Runtime fp32 is no faster than torch on the transformer (its win is on the "
+        "convnet); int8 matrix multiplies are what make ViT fast. EfficientNet-Lite0 has no MatMul once its "
+        "classifier is removed, so its `onnx-int8` file is the fp32 graph (any difference between those two "
+        "rows is noise). Cosine is over all the photos above, against torch fp32 in the same process; "
+        "random ViT weights flatter int8, which is why int8 towers are checked against torch on "
+        "sample-catalog photos when they are built and refused below cosine 0.99 "
+        "(`visual_search/runtime.py`). First-start export is paid once per model and weights (cached); the "
+        "int8 figure includes the text tower and the quality check.",
+    ]
     torch_idx, fast_idx = idx["torch"], idx["onnx-int8"]
     t_raw, f_raw = statistics.median(torch_idx["raw"]), statistics.median(fast_idx["raw"])
     t_eng, f_eng = statistics.median(torch_idx["engine"]), statistics.median(fast_idx["engine"])
+    t_cpu = statistics.median(torch_idx["engine_cpu_ms"])
+    f_cpu = statistics.median(fast_idx["engine_cpu_ms"])
     lines += [
         "",
         f"### Indexing throughput, {idx_label} (sample catalog, {torch_idx['images']} images, batch "
         f"{args.index_batch}, {args.index_repeats} repeats each, fresh index each time)",
         "",
         "| runtime | raw `embed_images` img/s (median) | `engine.index_catalog` img/s (median) | per run | "
-        "index / raw |",
-        "|---|---:|---:|---|---:|",
+        "index / raw | index_catalog CPU ms/img (median) |",
+        "|---|---:|---:|---|---:|---:|",
         f"| torch (before) | {t_raw:.1f} | {t_eng:.1f} | {', '.join(f'{x:.1f}' for x in torch_idx['engine'])} "
-        f"| {t_eng / t_raw:.0%} |",
+        f"| {t_eng / t_raw:.0%} | {t_cpu:.0f} |",
         f"| onnx-int8 (after, the CPU default) | {f_raw:.1f} | {f_eng:.1f} | "
-        f"{', '.join(f'{x:.1f}' for x in fast_idx['engine'])} | {f_eng / f_raw:.0%} |",
+        f"{', '.join(f'{x:.1f}' for x in fast_idx['engine'])} | {f_eng / f_raw:.0%} | {f_cpu:.0f} |",
         "",
-        f"Indexing after / before: **{f_eng / t_eng:.2f}x** (engine), raw runtime {f_raw / t_raw:.2f}x.",
+        f"Indexing after / before: **{f_eng / t_eng:.2f}x** (engine; target >= 2.5x: "
+        f"{'met' if f_eng / t_eng >= 2.5 else 'missed'}); by CPU time per image **{t_cpu / f_cpu:.2f}x** (steadier than "
+        f"wall clock on a shared machine); raw runtime {f_raw / t_raw:.2f}x. With the fast "
+        "runtime the model no longer dwarfs the rest: hashing, decoding and preprocessing share the 2 cores "
+        "with it, so index / raw can fall below 100%.",
         "",
     ]
     return "\n".join(lines)

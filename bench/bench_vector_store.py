@@ -1,4 +1,9 @@
-"""Benchmark the vector store backends on clustered random unit vectors.
+"""Benchmark the vector store backends on clustered and on uniform random unit vectors.
+
+Two kinds of data (``--data``): ``clustered`` (points around N/1000 random centres: easy, like
+catalog photos of similar products) and ``uniform`` (unit vectors with no structure at all: the
+hard case, where HNSW recall at a given ef is lowest; report it beside the easy one so recall
+figures are not flattered by the data).
 
 For each size, in one run:
   * Qdrant Edge through ``visual_search.store.EdgeStore`` (the code the app runs), for several
@@ -36,8 +41,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from visual_search.core.types import CATEGORY, PRICE, IndexPoint, SearchFilters  # noqa: E402
 from visual_search.store import EdgeStore, RemoteStore  # noqa: E402
-from visual_search.types import CATEGORY, PRICE, IndexPoint, SearchFilters  # noqa: E402
 
 CATEGORIES = tuple(f"cat{i}" for i in range(8))
 PRICE_RANGE = (50.0, 250.0)  # with one of 8 categories: ~5% of the points pass the filter
@@ -68,6 +73,7 @@ class Row:
     ef: str
     upsert_s: float | None
     build_s: float | None
+    build_cpu_s: float | None
     p50: float
     p95: float
     cpu50: float
@@ -97,9 +103,12 @@ class Dataset:
     ids: list[str]
 
 
-def make_dataset(n: int, dim: int, n_queries: int, clusters: int, noise: float, seed: int) -> Dataset:
-    """``clusters`` random unit centres; each point is centre + isotropic noise of norm ~``noise``,
-    normalised. Queries are fresh draws from the same mixture (new photos of similar products)."""
+def make_dataset(
+    n: int, dim: int, n_queries: int, clusters: int, noise: float, seed: int, kind: str = "clustered"
+) -> Dataset:
+    """``clustered``: ``clusters`` random unit centres; each point is centre + isotropic noise of
+    norm ~``noise``, normalised. Queries are fresh draws from the same mixture (new photos of
+    similar products). ``uniform``: independent uniformly random unit vectors (no structure)."""
     rng = np.random.default_rng(seed)
     centres = unit_rows(rng.standard_normal((clusters, dim)))
 
@@ -107,9 +116,12 @@ def make_dataset(n: int, dim: int, n_queries: int, clusters: int, noise: float, 
         out = np.empty((k, dim), dtype=np.float32)
         for start in range(0, k, 50_000):
             stop = min(k, start + 50_000)
+            gauss = rng.standard_normal((stop - start, dim)).astype(np.float32)
+            if kind == "uniform":
+                out[start:stop] = unit_rows(gauss)
+                continue
             c = rng.integers(0, clusters, stop - start)
-            noise_part = rng.standard_normal((stop - start, dim)).astype(np.float32) * (noise / np.sqrt(dim))
-            out[start:stop] = unit_rows(centres[c] + noise_part)
+            out[start:stop] = unit_rows(centres[c] + gauss * (noise / np.sqrt(dim)))
         return out
 
     x = draw(n)
@@ -208,10 +220,19 @@ def bench_store(
     upsert_s = time.perf_counter() - t
     del points
     t = time.perf_counter()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = time.process_time()
     store.optimize()
     build_s = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU of the optimize child (or of this process where it ran in-process)
+    build_cpu_s = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+    build_cpu_s += time.process_time() - own
     segments = store._shard.info().segments_count if isinstance(store, EdgeStore) else "-"
-    log(f"  {label} {config}: upsert {upsert_s:.1f}s, optimize {build_s:.1f}s, segments {segments}")
+    log(
+        f"  {label} {config}: upsert {upsert_s:.1f}s, optimize {build_s:.1f}s "
+        f"(CPU {build_cpu_s:.1f}s), segments {segments}"
+    )
     rows = []
     nq = len(ds.q)
     for ef in efs:
@@ -235,6 +256,7 @@ def bench_store(
             "-" if ef is None else str(ef),
             upsert_s,
             build_s,
+            build_cpu_s,
             p50,
             p95,
             percentiles(cpu)[0],
@@ -270,6 +292,7 @@ def bench_numpy(ds: Dataset, k: int, truth) -> Row:
         "-",
         None,
         None,
+        None,
         p50,
         p95,
         percentiles(cpu)[0],
@@ -292,12 +315,13 @@ def fmt(v: float | None, spec: str) -> str:
 
 def table(rows: Sequence[Row]) -> str:
     head = (
-        "| N | backend | config | hnsw_ef | upsert s | build s | p50 ms | p95 ms | CPU p50 ms | recall@10 | "
-        "filtered p50 ms | filtered p95 ms | filtered recall@10 | peak RSS MB |\n"
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| N | backend | config | hnsw_ef | upsert s | build s | build CPU s | p50 ms | p95 ms | CPU p50 ms | "
+        "recall@10 | filtered p50 ms | filtered p95 ms | filtered recall@10 | peak RSS MB |\n"
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     body = "".join(
         f"| {r.n:,} | {r.backend} | {r.config} | {r.ef} | {fmt(r.upsert_s, '.1f')} | {fmt(r.build_s, '.1f')} | "
+        f"{fmt(r.build_cpu_s, '.1f')} | "
         f"{r.p50:.2f} | {r.p95:.2f} | {r.cpu50:.2f} | {fmt(r.recall, '.3f')} | {fmt(r.f_p50, '.2f')} | {fmt(r.f_p95, '.2f')} | "
         f"{fmt(r.f_recall, '.3f')} | {r.peak_rss_mb:,.0f} |\n"
         for r in rows
@@ -367,6 +391,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--clusters", type=int, default=0, help="mixture components (default: N/1000, at least 16)"
     )
     ap.add_argument("--noise", type=float, default=1.0, help="noise norm relative to the unit cluster centre")
+    ap.add_argument(
+        "--data", default="clustered,uniform", help="datasets: clustered (easy), uniform (no structure: hard)"
+    )
+    ap.add_argument(
+        "--threads",
+        default="0",
+        help="HNSW build thread caps to sweep (EdgeStore indexing_threads; 0 = auto)",
+    )
     ap.add_argument("--ef", default="32,64,128,256", help="hnsw_ef values to sweep")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"Edge index configs: {', '.join(CONFIGS)}")
     ap.add_argument(
@@ -385,6 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes.append(1_000_000)
     efs = [int(e) for e in args.ef.split(",") if e]
     configs = [CONFIGS[c] for c in args.configs.split(",") if c]
+    kinds = [d for d in args.data.split(",") if d]
+    if any(k not in ("clustered", "uniform") for k in kinds):
+        ap.error("--data takes clustered and/or uniform")
+    thread_caps = [int(t) for t in args.threads.split(",") if t]
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -395,37 +431,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     try:
         for n in sizes:
-            clusters = args.clusters or max(16, n // 1000)
-            log(f"N={n:,}: generating {args.dim}-d data, {clusters} clusters, noise {args.noise}")
-            ds = make_dataset(n, args.dim, args.queries, clusters, args.noise, args.seed)
-            truth = ground_truth(ds, args.k)
-            rows.append(bench_numpy(ds, args.k, truth))
-            log(f"  numpy exact: p50 {rows[-1].p50:.2f} ms")
-            for spec in configs:
-                path = workdir / f"edge_{n}_{spec.m}_{int(spec.quantization)}"
-                store = EdgeStore(
-                    path, hnsw_m=spec.m, ef_construct=spec.ef_construct, quantization=spec.quantization
-                )
-                try:
-                    rows += bench_store(store, ds, truth, args.k, "qdrant-edge", spec.name, efs, log)
-                finally:
-                    store.close()
-                    shutil.rmtree(path, ignore_errors=True)
-                gc.collect()
-            if n <= args.local_mode_max:
-                from qdrant_client import QdrantClient
+            for kind in kinds:
+                clusters = args.clusters or max(16, n // 1000)
+                shape = f"{clusters} clusters, noise {args.noise}" if kind == "clustered" else "no structure"
+                log(f"N={n:,} {kind}: generating {args.dim}-d data, {shape}")
+                ds = make_dataset(n, args.dim, args.queries, clusters, args.noise, args.seed, kind)
+                truth = ground_truth(ds, args.k)
+                rows.append(bench_numpy(ds, args.k, truth))
+                rows[-1].config = f"{kind}: {rows[-1].config}"
+                log(f"  numpy exact: p50 {rows[-1].p50:.2f} ms")
+                for spec in configs:
+                    for threads in thread_caps:
+                        path = workdir / f"edge_{n}_{kind}_{spec.m}_{int(spec.quantization)}_{threads}"
+                        store = EdgeStore(
+                            path,
+                            hnsw_m=spec.m,
+                            ef_construct=spec.ef_construct,
+                            quantization=spec.quantization,
+                            indexing_threads=threads,
+                        )
+                        label = f"{kind}: {spec.name}, threads {threads or 'auto'}"
+                        try:
+                            rows += bench_store(store, ds, truth, args.k, "qdrant-edge", label, efs, log)
+                        finally:
+                            store.close()
+                            shutil.rmtree(path, ignore_errors=True)
+                        gc.collect()
+                if n <= args.local_mode_max:
+                    from qdrant_client import QdrantClient
 
-                path = workdir / f"local_{n}"
-                store = RemoteStore(client=QdrantClient(path=str(path)), collection="bench")
-                try:
-                    rows += bench_store(
-                        store, ds, truth, args.k, "qdrant-client local", "exact (Python)", [None], log
-                    )
-                finally:
-                    store.close()
-                    shutil.rmtree(path, ignore_errors=True)
-            del ds, truth
-            gc.collect()
+                    path = workdir / f"local_{n}"
+                    store = RemoteStore(client=QdrantClient(path=str(path)), collection="bench")
+                    try:
+                        rows += bench_store(
+                            store, ds, truth, args.k, "qdrant-client local", "exact (Python)", [None], log
+                        )
+                    finally:
+                        store.close()
+                        shutil.rmtree(path, ignore_errors=True)
+                del ds, truth
+                gc.collect()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -441,12 +486,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"- Load average (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
             f"after: {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}",
             f"- Command: `python {' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}`",
-            f"- Data: {args.dim}-d unit vectors, clusters = max(16, N/1000) (or --clusters), noise {args.noise}; "
-            f"{args.queries} queries drawn from the same mixture; payload: 8 categories + uniform price 5-500. "
+            f"- Data ({', '.join(kinds)}): {args.dim}-d unit vectors; clustered: clusters = max(16, N/1000) "
+            f"(or --clusters), noise {args.noise}, queries drawn from the same mixture; uniform: independent "
+            f"random unit vectors and queries (no structure); {args.queries} queries; payload: 8 categories + uniform price 5-500. "
             f"Filtered = one category AND price {PRICE_RANGE[0]:g}-{PRICE_RANGE[1]:g} (~5% of points). "
             f"Recall@{args.k} against exact numpy (filtered: exact over the filtered subset). "
             "Latency = one `store.search()` call from Python, payload included, single client thread; "
-            "CPU = process CPU time per query (all threads), which is less sensitive to other load.",
+            "CPU = process CPU time per query (all threads), which is less sensitive to other load. "
+            "Build CPU = CPU time of the optimize (HNSW build) child process, all threads: build CPU / build s "
+            "above 1 means the build ran on more than one core.",
             "",
             table(rows),
             summary(rows, args.target_recall, args.target_ms),

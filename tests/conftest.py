@@ -15,7 +15,7 @@ from registry_assets import EFFICIENTNET_LITE0, U2NETP, fetch
 @pytest.fixture(autouse=True)
 def _restore_fetch_policy():
     """The CLI's main() loosens the process-wide link policy for the operator; keep that out of other tests."""
-    from visual_search.fetch import default_policy, set_default_policy
+    from visual_search.images.fetch import default_policy, set_default_policy
 
     before = default_policy()
     yield

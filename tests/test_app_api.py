@@ -366,7 +366,7 @@ def test_cards_escape_catalog_text_and_refuse_script_links():
 
 
 def test_filters_from_widgets():
-    from visual_search.errors import VisualSearchError
+    from visual_search.core.errors import VisualSearchError
     from visual_search.ui.common import build_filters, threshold_or_none
 
     f = build_filters(["Juices"], None, 0, 10)
@@ -378,12 +378,20 @@ def test_filters_from_widgets():
 
 
 def test_price_histogram_bins_in_price_order():
+    from visual_search.stats import PriceBin
     from visual_search.ui.common import default_threshold
     from visual_search.ui.tabs.catalog import price_histogram
 
-    frame, labels = price_histogram([3.5, 4, 12, 19.9, 31], "$")
-    assert labels[0] == "$0–5" and labels == list(frame["price range"])
-    assert int(frame["products"].sum()) == 5
+    bins = [
+        PriceBin(0, 5, 2),
+        PriceBin(5, 10, 0),
+        PriceBin(10, 15, 1),
+        PriceBin(15, 20, 1),
+        PriceBin(30, 35, 1),
+    ]
+    frame, labels = price_histogram(bins, "$")
+    assert labels[0] == "$0–5" and labels[-1] == "$30–35" and labels == list(frame["price range"])
+    assert list(frame["products"]) == [2, 0, 1, 1, 1]
     assert default_threshold("test:tiny@random-seed0") == 0.0
     assert default_threshold("ViT-B-32@laion2b_s34b_b79k") == pytest.approx(0.2)
 
@@ -403,7 +411,7 @@ def test_image_links_to_private_addresses_are_refused(url, monkeypatch):
     """The link box goes through the one guard: refused before any connection is made."""
     import socket
 
-    from visual_search.errors import VisualSearchError
+    from visual_search.core.errors import VisualSearchError
     from visual_search.ui.common import load_link
 
     def no_connect(*args, **kwargs):

@@ -21,9 +21,9 @@ from visual_search.audit import (
     neighbours,
 )
 from visual_search.catalog import CatalogImage, Product
+from visual_search.core.types import IndexPoint
 from visual_search.engine import SearchEngine
 from visual_search.store import open_store
-from visual_search.types import IndexPoint
 
 DIM = 24
 SHOES, KITCHEN, BAGS = 0, 1, 2
@@ -93,7 +93,16 @@ def test_stats_count_products_not_images(engine: SearchEngine) -> None:
     assert list(stats.categories) == ["kitchen", "shoes", "bags"]  # most first, ties by name
     assert stats.brands == {"Acme": 3, "Chef": 3, "Bolt": 2}
     assert list(stats.brands) == ["Acme", "Chef", "Bolt"]
-    assert sorted(stats.prices) == [10.0, 20.0, 25.0, 30.0, 35.0, 50.0, 55.0, 60.0, 80.0]
+    # prices 10, 20, 25, 30, 35, 50, 55, 60, 80 (two products unpriced), counted in round bins
+    assert (stats.price_min, stats.price_max) == (10.0, 80.0)
+    assert [(b.low, b.high, b.products) for b in stats.price_bins if b.products] == [
+        (10.0, 20.0, 1),
+        (20.0, 30.0, 2),
+        (30.0, 40.0, 2),
+        (50.0, 60.0, 2),
+        (60.0, 70.0, 1),
+        (70.0, 80.0, 1),  # the last bin includes the maximum
+    ]
 
 
 @pytest.mark.parametrize("max_matrix_images", [50_000, 0], ids=["matrix", "store-search"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from visual_search.augment import QUERY_KINDS, shopper_query
+from visual_search.training.augment import QUERY_KINDS, shopper_query
 
 
 def _studio(

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from visual_search.catalog import parse_price, point_id, read_catalog
-from visual_search.errors import CatalogError
+from visual_search.core.errors import CatalogError
 
 
 def _img(path: Path, color=(200, 30, 30)) -> Path:

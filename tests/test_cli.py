@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from visual_search.cli import build_parser
+from visual_search.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_catalog" / "catalog.csv"

@@ -17,8 +17,8 @@ import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from visual_search import encoders
+from visual_search.core.errors import ModelUnavailableError, UnsupportedQueryError
 from visual_search.encoders import create_encoder
-from visual_search.errors import ModelUnavailableError, UnsupportedQueryError
 
 REPO = Path(__file__).resolve().parent.parent
 CATALOG_IMAGES = REPO / "sample_catalog" / "images"

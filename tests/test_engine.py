@@ -14,11 +14,11 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 from visual_search.catalog import point_id, read_catalog
+from visual_search.core.errors import ImageError, ModelMismatchError, UnsupportedQueryError, VisualSearchError
+from visual_search.core.types import SearchFilters
 from visual_search.encoders import create_encoder
 from visual_search.engine import SearchEngine
-from visual_search.errors import ImageError, ModelMismatchError, UnsupportedQueryError, VisualSearchError
 from visual_search.store import open_store
-from visual_search.types import SearchFilters
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_catalog" / "catalog.csv"
 

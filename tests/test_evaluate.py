@@ -20,11 +20,11 @@ import pytest
 from PIL import Image
 
 from visual_search.catalog import Catalog, read_catalog
-from visual_search.cli import main
+from visual_search.cli.main import main
+from visual_search.core.errors import VisualSearchError
 from visual_search.encoders import create_encoder
 from visual_search.engine import SearchEngine
-from visual_search.errors import VisualSearchError
-from visual_search.evaluate import (
+from visual_search.evaluation import (
     EvalReport,
     Metrics,
     Query,

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from visual_search import finetune as ft
-from visual_search.augment import train_augment
 from visual_search.catalog import read_catalog
-from visual_search.cli import main
+from visual_search.cli.main import main
 from visual_search.encoders import create_encoder
-from visual_search.finetune import (
+from visual_search.training import finetune as ft
+from visual_search.training.augment import train_augment
+from visual_search.training.finetune import (
     FinetuneConfig,
     FinetuneError,
     contrastive_loss,

@@ -18,16 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from visual_search.errors import ImageError
-from visual_search.fetch import FetchPolicy, default_policy, set_default_policy
-from visual_search.images import (
+from visual_search.core.errors import ImageError
+from visual_search.images.background import BackgroundRemoval, BackgroundRemovalUnavailable, BackgroundRemover
+from visual_search.images.fetch import FetchPolicy, default_policy, set_default_policy
+from visual_search.images.load import (
     EMBED_MAX_SIDE,
     LARGE_DECODE_PIXELS,
     MAX_DECODE_PIXELS,
     MAX_PIXELS,
-    BackgroundRemoval,
-    BackgroundRemovalUnavailable,
-    BackgroundRemover,
     bytes_sha256,
     file_sha256,
     load_image,
@@ -319,7 +317,7 @@ def test_big_jpeg_uses_draft_to_stay_under_the_decode_cap(monkeypatch: pytest.Mo
 
 
 def test_concurrent_large_decodes_run_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    import visual_search.images as images_module
+    import visual_search.images.load as images_module
 
     data = _flat_png(3_000, 3_000)  # 9 MP: above LARGE_DECODE_PIXELS
     active, peak, lock = [0], [0], threading.Lock()

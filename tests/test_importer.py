@@ -13,7 +13,7 @@ from PIL import Image
 
 import visual_search.importer as importer
 from visual_search.catalog import read_catalog
-from visual_search.errors import CatalogError
+from visual_search.core.errors import CatalogError
 from visual_search.importer import import_catalog, prepare_upload
 
 
@@ -240,7 +240,7 @@ def test_ui_import_reads_no_outside_file_and_fetches_no_private_link(upload: Pat
 
     from visual_search import encoders
     from visual_search.engine import SearchEngine
-    from visual_search.fetch import FetchPolicy, default_policy, set_default_policy
+    from visual_search.images.fetch import FetchPolicy, default_policy, set_default_policy
     from visual_search.store import open_store
 
     hits: list[str] = []

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from visual_search.core.errors import VisualSearchError
 from visual_search.engine import SearchEngine
-from visual_search.errors import VisualSearchError
-from visual_search.images import BackgroundRemoval
+from visual_search.images.background import BackgroundRemoval
 from visual_search.query_views import (
     AUTO_VIEWS,
     detect_objects,
@@ -177,7 +177,7 @@ def test_off_and_on_modes_are_todays_two_settings(colour_engine) -> None:
 
 
 def test_without_background_removal_auto_searches_the_whole_photo(colour_engine, tmp_path) -> None:
-    from visual_search.images import BackgroundRemover
+    from visual_search.images.background import BackgroundRemover
 
     colour_engine.background_remover = BackgroundRemover("u2netp")
     import os
@@ -273,7 +273,7 @@ def test_photo_plus_text_blends_the_text_into_every_view(colour_engine) -> None:
 
 
 def test_search_photo_refuses_an_index_of_another_model(colour_engine, tmp_path) -> None:
-    from visual_search.errors import ModelMismatchError
+    from visual_search.core.errors import ModelMismatchError
 
     class Other:
         model_id, dim, supports_text, device = "test:other", colour_engine.encoder.dim, True, "cpu"

@@ -17,15 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
-from visual_search import runtime as rt
 from visual_search.catalog import read_catalog
-from visual_search.config import SAMPLE_CATALOG, Settings
+from visual_search.core.config import SAMPLE_CATALOG, Settings
+from visual_search.core.errors import VisualSearchError
 from visual_search.device import CPU_DEFAULT_RUNTIME, pick_runtime
 from visual_search.encoders import create_encoder
+from visual_search.encoders import runtime as rt
 from visual_search.engine import SearchEngine
-from visual_search.errors import VisualSearchError
-from visual_search.evaluate import evaluate_engine, synthetic_queries
-from visual_search.images import load_image
+from visual_search.evaluation import evaluate_engine, synthetic_queries
+from visual_search.images.load import load_image
 from visual_search.store import open_store
 
 PHOTOS = sorted((SAMPLE_CATALOG.parent / "images").iterdir())
@@ -196,7 +196,7 @@ def test_corrupt_cache_file_is_rebuilt_with_a_warning(tiny_encoder, tmp_path: Pa
     path.write_bytes(path.read_bytes()[:1000])  # truncated by a crash mid-copy, say
     (path.with_suffix(".json")).write_text("{not json")
     before = rt.EXPORTS[(first.model_id, "image", "int8")]
-    with caplog.at_level(logging.WARNING, logger="visual_search.runtime"):
+    with caplog.at_level(logging.WARNING, logger="visual_search.encoders.runtime"):
         again = create_encoder("test:tiny", device="cpu", cache_dir=str(tmp_path), runtime="onnx-int8")
     assert again.runtime == "onnx-int8"
     assert rt.EXPORTS[(first.model_id, "image", "int8")] == before + 1
@@ -280,7 +280,7 @@ def test_pick_runtime(monkeypatch) -> None:
 
 
 def test_runtime_setting_from_flag_and_environment(monkeypatch) -> None:
-    from visual_search.cli import build_parser
+    from visual_search.cli.main import build_parser
 
     monkeypatch.delenv("VS_RUNTIME", raising=False)
     parser = build_parser()

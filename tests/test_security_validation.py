@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visual_search import cli
 from visual_search.catalog import read_catalog
+from visual_search.cli import main as cli
+from visual_search.core.errors import InvalidQueryError, VisualSearchError
+from visual_search.core.types import SearchFilters
 from visual_search.engine import MAX_TOP_K, SearchEngine, check_query_options
-from visual_search.errors import InvalidQueryError, VisualSearchError
 from visual_search.store import open_store
-from visual_search.types import SearchFilters
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_catalog" / "catalog.csv"

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from visual_search.errors import ModelMismatchError, StoreUnavailableError
+from visual_search.core.errors import ModelMismatchError, StoreUnavailableError
+from visual_search.core.types import SearchFilters
 from visual_search.store import EdgeStore, RemoteStore, VectorStore, open_store
-from visual_search.types import SearchFilters
 
 DIM = 16
 MODEL = "test-model-a"
@@ -57,7 +57,7 @@ ALL = set(CATALOG)
 
 
 def points(overrides: dict[str, dict] | None = None):
-    from visual_search.types import IndexPoint
+    from visual_search.core.types import IndexPoint
 
     out = []
     for name, (v, cat, brand, price, attrs) in CATALOG.items():
@@ -435,7 +435,7 @@ def test_edge_concurrent_search_and_upsert(tmp_path: Path):
                 errors.append(exc)
 
         def writer() -> None:
-            from visual_search.types import IndexPoint
+            from visual_search.core.types import IndexPoint
 
             try:
                 for i in range(20):
@@ -573,3 +573,198 @@ def test_open_store_picks_the_backend(tmp_path: Path):
         assert isinstance(remote, RemoteStore) and remote.backend == "qdrant-remote"
     with pytest.raises(StoreUnavailableError):
         open_store(tmp_path, f"http://127.0.0.1:{_free_port()}", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Remote: cluster settings reach the collection, uploads go through upload_points
+# ---------------------------------------------------------------------------------------------
+
+
+class _SpyClient:
+    """A real in-process client that records what the store asks of it. Local mode ignores the
+    cluster layout, so the test reads the create_collection / upload_points / query requests."""
+
+    def __init__(self) -> None:
+        self.inner = QdrantClient(":memory:")
+        self._client = self.inner._client  # RemoteStore checks this to spot local mode
+        self.calls: dict[str, list[dict]] = {}
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def record(*args, **kwargs):
+            self.calls.setdefault(name, []).append(kwargs)
+            return attr(*args, **kwargs)
+
+        return record
+
+
+def test_remote_cluster_settings_reach_create_collection():
+    from qdrant_client import models as qm
+
+    from visual_search.store import RemoteOptions
+
+    opts = RemoteOptions(
+        shard_number=6,
+        replication_factor=2,
+        write_consistency_factor=2,
+        on_disk_vectors=True,
+        on_disk_payload=True,
+        quantization="int8",
+        always_ram=True,
+        oversampling=3.0,
+    )
+    spy = _SpyClient()
+    store = RemoteStore(client=spy, collection="cluster", options=opts)
+    store.ensure_collection(DIM, MODEL)
+    (create,) = spy.calls["create_collection"]
+    assert (create["shard_number"], create["replication_factor"], create["write_consistency_factor"]) == (
+        6,
+        2,
+        2,
+    )
+    assert create["on_disk_payload"] is True
+    vector = create["vectors_config"]["image"]
+    assert vector.on_disk is True and vector.size == DIM and vector.distance == qm.Distance.COSINE
+    quant = create["quantization_config"]
+    assert isinstance(quant, qm.ScalarQuantization)
+    assert quant.scalar.type == qm.ScalarType.INT8 and quant.scalar.always_ram is True
+    params = store.search_params()  # what a server query carries: rescore k * 3 candidates
+    assert params.quantization.rescore is True and params.quantization.oversampling == 3.0
+    assert params.hnsw_ef == store.hnsw_ef
+    # the collection still works (local mode ignores the layout but keeps the data)
+    store.upsert(points())
+    assert store.count() == len(CATALOG)
+    indexes = {c["field_name"]: c["field_schema"] for c in spy.calls["create_payload_index"]}
+    assert indexes["image_index"] == qm.PayloadSchemaType.INTEGER
+    assert indexes["indexed_at"] == qm.PayloadSchemaType.DATETIME
+    assert indexes["title"].tokenizer == qm.TokenizerType.PREFIX  # the picker matches as you type
+
+
+def test_remote_binary_quantization_and_defaults():
+    from qdrant_client import models as qm
+
+    from visual_search.store import RemoteOptions
+
+    spy = _SpyClient()
+    RemoteStore(
+        client=spy, collection="bin", options=RemoteOptions(quantization="binary", always_ram=False)
+    ).ensure_collection(DIM, MODEL)
+    quant = spy.calls["create_collection"][0]["quantization_config"]
+    assert isinstance(quant, qm.BinaryQuantization) and quant.binary.always_ram is False
+    plain = _SpyClient()
+    store = RemoteStore(client=plain, collection="plain")
+    store.ensure_collection(DIM, MODEL)
+    create = plain.calls["create_collection"][0]
+    assert create["quantization_config"] is None and create["shard_number"] is None
+    assert create["vectors_config"]["image"].on_disk is None  # the server's defaults
+    assert store.search_params().quantization is None
+
+
+def test_remote_upload_goes_through_upload_points_in_batches_with_retries():
+    from visual_search.store import RemoteOptions
+
+    spy = _SpyClient()
+    store = RemoteStore(
+        client=spy,
+        collection="up",
+        options=RemoteOptions(upload_parallel=4, upload_retries=5, upload_batch=3),
+    )
+    store.ensure_collection(DIM, MODEL)
+    before = store.generation
+    store.upsert(points())
+    (call,) = spy.calls["upload_points"]
+    assert (call["batch_size"], call["max_retries"], call["wait"]) == (3, 5, True)
+    assert call["parallel"] == 1  # in-process local mode cannot be shared with worker processes
+    assert store.count() == len(CATALOG) and store.generation > before
+    assert "upsert" not in spy.calls
+
+
+def test_remote_options_from_env_and_flags():
+    import argparse
+
+    from visual_search.store import RemoteOptions, StoreSettingsError, add_remote_arguments
+
+    env = {
+        "QDRANT_SHARDS": "4",
+        "QDRANT_REPLICAS": "2",
+        "QDRANT_WRITE_CONSISTENCY": "1",
+        "QDRANT_ON_DISK": "true",
+        "QDRANT_QUANTIZATION": "Binary",
+        "QDRANT_OVERSAMPLING": "4",
+        "QDRANT_UPLOAD_PARALLEL": "3",
+    }
+    opts = RemoteOptions.from_env(env)
+    assert (opts.shard_number, opts.replication_factor, opts.write_consistency_factor) == (4, 2, 1)
+    assert opts.on_disk_vectors and opts.on_disk_payload is None and opts.quantization == "binary"
+    assert (opts.oversampling, opts.upload_parallel, opts.upload_retries) == (4.0, 3, 3)
+    assert RemoteOptions.from_env({}) == RemoteOptions()
+
+    parser = argparse.ArgumentParser()
+    add_remote_arguments(parser)
+    args = parser.parse_args(
+        ["--qdrant-shards", "8", "--qdrant-quantization", "int8", "--qdrant-on-disk-payload"]
+    )
+    flagged = opts.with_args(args)
+    assert (flagged.shard_number, flagged.quantization, flagged.on_disk_payload) == (8, "int8", True)
+    assert flagged.replication_factor == 2  # not given on the command line: the environment's value
+
+    for bad, message in (
+        ({"QDRANT_SHARDS": "many"}, "QDRANT_SHARDS must be a whole number"),
+        ({"QDRANT_ON_DISK": "maybe"}, "QDRANT_ON_DISK must be 1/0"),
+        ({"QDRANT_QUANTIZATION": "pq"}, "Quantization must be one of none, int8, binary"),
+        ({"QDRANT_REPLICAS": "0"}, "replication_factor must be 1 or more"),
+    ):
+        with pytest.raises(StoreSettingsError, match=message):
+            RemoteOptions.from_env(bad)
+
+
+def test_cli_settings_carry_the_cluster_flags(monkeypatch):
+    from visual_search.cli import build_parser
+    from visual_search.core.config import Settings
+
+    monkeypatch.setenv("QDRANT_REPLICAS", "3")
+    args = build_parser().parse_args(["info", "--qdrant-shards", "12", "--qdrant-on-disk"])
+    settings = Settings.from_args(args)
+    assert (settings.remote.shard_number, settings.remote.replication_factor) == (12, 3)
+    assert settings.remote.on_disk_vectors is True
+
+
+def test_edge_indexing_threads_reach_the_hnsw_build(tmp_path: Path):
+    """The thread cap is written at create and re-applied by the optimize child to an existing shard."""
+    import json
+
+    def stored_threads() -> int:
+        cfg = json.loads((tmp_path / "e" / "shard" / "edge_config.json").read_text())
+        return cfg["hnsw_config"]["max_indexing_threads"]
+
+    store = EdgeStore(tmp_path / "e", indexing_threads=1)
+    store.ensure_collection(DIM, MODEL)
+    store.upsert(points())
+    store.close()
+    assert stored_threads() == 1
+    store = EdgeStore(tmp_path / "e", indexing_threads=3, optimize_in_subprocess=True)
+    try:
+        store.optimize()
+        assert stored_threads() == 3
+        assert names(store.search(vec((0, 1.0)), top_k=1)) == ["p0"]  # the reloaded shard still answers
+        assert store.count() == len(CATALOG)
+    finally:
+        store.close()
+    with pytest.raises(ValueError, match="0 \\(all cores\\) or more"):
+        EdgeStore(tmp_path / "other", indexing_threads=-1)
+
+
+def test_indexing_threads_setting_from_env_and_flag(monkeypatch):
+    from visual_search.cli import build_parser
+    from visual_search.core.config import Settings
+
+    monkeypatch.setenv("VS_INDEXING_THREADS", "2")
+    assert Settings.from_args(build_parser().parse_args(["info"])).indexing_threads == 2
+    args = build_parser().parse_args(["info", "--indexing-threads", "1"])
+    assert Settings.from_args(args).indexing_threads == 1
+    monkeypatch.setenv("VS_INDEXING_THREADS", "lots")
+    with pytest.warns(UserWarning, match="VS_INDEXING_THREADS"):
+        assert Settings.from_env().indexing_threads == 0

@@ -1,4 +1,5 @@
-"""Catalog audit for merchandisers: counts, near-duplicate products, products filed in the wrong category.
+"""Catalog audit for merchandisers: near-duplicate products, products filed in the wrong category
+(and ``catalog_stats``, the counts, which stats.py computes from payload indexes).
 
 Everything works from what is already in the vector store (payloads and image vectors), so an audit
 needs no model and no access to the original photos.
@@ -21,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .types import BRAND, CATEGORY, IMAGE, IMAGE_INDEX, PRICE, PRODUCT_ID, TITLE, ProductResult
+from . import stats
+from .core.types import CATEGORY, IMAGE, IMAGE_INDEX, PRODUCT_ID, TITLE, ProductResult
+from .stats import CatalogStats
 
 if TYPE_CHECKING:
     from .engine import SearchEngine
@@ -31,15 +34,6 @@ MAX_MATRIX_IMAGES = 50_000
 # Upper bound on floats in one block of the similarity matrix (32 MB of float32).
 _BLOCK_FLOATS = 8_000_000
 _VECTOR_CHUNK = 1_000
-
-
-@dataclass(frozen=True)
-class CatalogStats:
-    products: int
-    images: int
-    categories: dict[str, int]  # products per category, most first; uncategorised products not listed
-    brands: dict[str, int]  # products per brand, most first
-    prices: list[float]  # one per product that has a price
 
 
 @dataclass(frozen=True)
@@ -71,25 +65,9 @@ class CategorySuspect:
 
 
 def catalog_stats(engine: SearchEngine) -> CatalogStats:
-    """Counts per product, not per image: a product with five photos is one product."""
-    first: dict[str, dict[str, Any]] = {}
-    images = 0
-    for hit in engine.store.scroll():
-        images += 1
-        pid = str(hit.payload.get(PRODUCT_ID))
-        known = first.get(pid)
-        if known is None or _image_index(hit.payload) < _image_index(known):
-            first[pid] = hit.payload
-    categories = Counter(p[CATEGORY] for p in first.values() if p.get(CATEGORY))
-    brands = Counter(p[BRAND] for p in first.values() if p.get(BRAND))
-    prices = [float(p[PRICE]) for p in first.values() if p.get(PRICE) is not None]
-    return CatalogStats(
-        products=len(first),
-        images=images,
-        categories=_ranked(categories),
-        brands=_ranked(brands),
-        prices=prices,
-    )
+    """Counts per product, not per image, from payload-index counts and facets (see stats.py);
+    never a scan, so it answers at once on a 1M-point index."""
+    return stats.catalog_stats(engine.store)
 
 
 # ---------------------------------------------------------------- duplicates

@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import CatalogError
-from .types import (
+from .core.errors import CatalogError
+from .core.types import (
     ATTRS_KEY,
     BRAND,
     CATEGORY,

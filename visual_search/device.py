@@ -7,12 +7,12 @@ import os
 
 import torch
 
-from visual_search.errors import VisualSearchError
+from visual_search.core.errors import VisualSearchError
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
-# Measured default on CPU (bench/RESULTS.md "CPU inference runtime", visual_search/runtime.py): ONNX
+# Measured default on CPU (bench/RESULTS.md "CPU inference runtime", visual_search/encoders/runtime.py): ONNX
 # Runtime with int8 matrix multiplies runs ViT-B-32 ~4x faster than eager torch at cosine >= 0.9998, and
 # holds cosine 1.0000 on EfficientNet-Lite0's real weights (its convolutions stay fp32). A tower whose
 # int8 cosine falls under 0.99 is served in ONNX fp32 instead; a model that will not export stays on torch.

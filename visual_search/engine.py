@@ -21,29 +21,33 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import stats
 from .catalog import MAX_IMAGES_PER_PRODUCT, Catalog, CatalogImage, RowIssue, point_id, read_catalog
-from .config import Settings
-from .encoders import Encoder, create_encoder
-from .errors import (
+from .core.config import Settings
+from .core.errors import (
     ImageError,
     InvalidQueryError,
     ModelMismatchError,
     UnsupportedQueryError,
     VisualSearchError,
 )
-from .images import (
-    BackgroundRemoval,
-    BackgroundRemovalUnavailable,
-    BackgroundRemover,
-    load_image,
-    source_sha256,
+from .core.types import (
+    IMAGE_HASH,
+    INDEXED_AT,
+    PRODUCT_ID,
+    CollectionInfo,
+    Hit,
+    IndexPoint,
+    ProductResult,
+    SearchFilters,
 )
+from .encoders import Encoder, create_encoder
+from .images.background import BackgroundRemoval, BackgroundRemovalUnavailable, BackgroundRemover
+from .images.load import load_image, source_sha256
 from .query_views import MODES as BACKGROUND_MODES
 from .query_views import ObjectBox, QueryView, best_per_product, search_views
 from .store import VectorStore, open_store
-from .types import IMAGE_HASH, PRODUCT_ID, CollectionInfo, Hit, IndexPoint, ProductResult, SearchFilters
 
-INDEXED_AT = "indexed_at"
 # Hashing and decoding are I/O + C code that release the GIL; URL catalogs need more than the core count.
 IO_WORKERS = min(8, (os.cpu_count() or 2) * 2)
 ProgressFn = Callable[[int, int], None]
@@ -233,7 +237,12 @@ class SearchEngine:
     @classmethod
     def from_settings(cls, settings: Settings) -> SearchEngine:
         store = open_store(
-            settings.data_dir, settings.qdrant_url, settings.qdrant_api_key, settings.collection
+            settings.data_dir,
+            settings.qdrant_url,
+            settings.qdrant_api_key,
+            settings.collection,
+            remote=settings.remote,
+            indexing_threads=settings.indexing_threads,
         )
         try:
             encoder = create_encoder(settings.model, device=settings.device, runtime=settings.runtime)
@@ -637,21 +646,15 @@ class SearchEngine:
     # ---------------------------------------------------------------- status
 
     def status(self) -> EngineStatus:
-        info = self.store.info()
-        last = None
-        products: set[str] = set()
-        for hit in self.store.scroll():
-            products.add(str(hit.payload.get(PRODUCT_ID)))
-            stamp = hit.payload.get(INDEXED_AT)
-            if stamp and (last is None or stamp > last):
-                last = stamp
+        """Model, device and index counts from payload-index counts (stats.py), never a scan:
+        ``info`` and the Catalog tab answer at once on a 1M-point index."""
         return EngineStatus(
             model_id=self.encoder.model_id,
             device=self.encoder.device,
             supports_text=self.encoder.supports_text,
-            store=info,
-            products=len(products),
-            last_indexed=last,
+            store=self.store.info(),
+            products=stats.product_count(self.store),
+            last_indexed=stats.last_indexed(self.store),
         )
 
     def close(self) -> None:
@@ -711,7 +714,7 @@ def product_image(engine: SearchEngine, product_id: str, index: int = 0) -> Path
     Lets the UI serve catalog images by product id instead of by path. Reads one point: its vector
     by id, then the nearest points to that vector (the point itself scores 1.0), never a full scroll.
     """
-    from .types import IMAGE
+    from .core.types import IMAGE
 
     wanted = point_id(str(product_id), int(index))
     vector = engine.store.get_vectors([wanted]).get(wanted)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from .catalog import read_catalog
-from .errors import CatalogError
+from .core.errors import CatalogError
 
 if TYPE_CHECKING:
     from .engine import IndexReport, SearchEngine

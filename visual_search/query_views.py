@@ -72,8 +72,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import VisualSearchError
-from .types import PRODUCT_ID, Hit, ProductResult, SearchFilters
+from .core.errors import VisualSearchError
+from .core.types import PRODUCT_ID, Hit, ProductResult, SearchFilters
 
 __all__ = [
     "AUTO_FUSION",
@@ -472,8 +472,9 @@ def prepare_views(
     pixel and a number that object's cut-out alone. Background removal that is unavailable or
     fails leaves the whole photo as the only view, with a note.
     """
-    from .errors import ImageError
-    from .images import BackgroundRemovalUnavailable, load_image
+    from .core.errors import ImageError
+    from .images.background import BackgroundRemovalUnavailable
+    from .images.load import load_image
 
     if mode not in MODES:
         raise VisualSearchError(f"Unknown query mode '{mode}'; use one of {', '.join(MODES)}.")

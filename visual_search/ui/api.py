@@ -22,7 +22,7 @@ import gradio as gr
 from PIL import Image
 
 from ..engine import SearchResponse, check_query_options
-from ..images import load_image
+from ..images.load import load_image
 from .common import (
     API_MAX_TOP_K,
     USER_ERRORS,

@@ -25,7 +25,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from ..analytics import SearchLog
 from ..engine import SearchEngine
-from ..images import MAX_BYTES
+from ..images.load import MAX_BYTES
 from . import render
 from .api import add_api_endpoints
 from .common import UIContext, UIOptions, static_text
@@ -43,7 +43,6 @@ ADMIN_PATH = "/admin"
 DELETE_CACHE = (600, 3600)
 # A page load reuses catalog statistics this young (computing them reads the whole index); an
 # import through the admin of this process refreshes them at once.
-STATS_MAX_AGE_S = 300
 
 # Page-frame rules: Gradio prefixes css=... with its content container, so these go in <head>.
 HEAD_STYLE = """<meta name="theme-color" content="#4f46e5">
@@ -84,7 +83,7 @@ def build_shopper(ctx: UIContext) -> gr.Blocks:
         add_api_endpoints(ctx)
 
         def on_load():  # an import (here or in another process) may have changed the catalog
-            ctx.stats(max_age=STATS_MAX_AGE_S)
+            ctx.stats()  # StatsCache: recomputed when the index changed (remote: also after a TTL)
             return (*_search_filters(ctx), header_html(ctx))
 
         demo.load(

@@ -12,7 +12,6 @@ import os
 import re
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -21,13 +20,13 @@ from typing import Any
 
 from PIL import Image
 
-from .. import audit
 from ..analytics import SearchLog
+from ..core.errors import InvalidQueryError, VisualSearchError
+from ..core.types import IMAGE_INDEX, SearchFilters
 from ..engine import SearchEngine, SearchResponse
-from ..errors import InvalidQueryError, VisualSearchError
-from ..fetch import default_policy
-from ..images import load_image
-from ..types import IMAGE_INDEX, SearchFilters
+from ..images.fetch import default_policy
+from ..images.load import load_image
+from ..stats import CatalogStats, StatsCache
 from .render import image_url
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ def internal_error(exc: BaseException) -> str:
 def load_link(url: str, allow_private: bool) -> Image.Image:
     """The one way the UI opens an image link (the Search button, the Load button).
 
-    Every link goes through visual_search.fetch (pinned address, redirects re-checked, deadline, byte cap).
+    Every link goes through visual_search.images.fetch (pinned address, redirects re-checked, deadline, byte cap).
     """
     url = (url or "").strip()
     if not url.lower().startswith(("http://", "https://")):
@@ -286,8 +285,7 @@ class UIContext:
     examples: list[Path] = field(default_factory=list)
     threshold: float = 0.0
     limiter: ClientLimiter = field(default_factory=lambda: ClientLimiter(MAX_SEARCHES_PER_CLIENT))
-    _stats: audit.CatalogStats | None = None
-    _stats_at: float = 0.0
+    _stats: StatsCache = field(default_factory=StatsCache)
 
     @classmethod
     def create(cls, engine: SearchEngine, search_log: SearchLog | None, options: UIOptions) -> UIContext:
@@ -308,18 +306,13 @@ class UIContext:
             ClientLimiter(options.max_searches_per_client),
         )
 
-    def stats(self, refresh: bool = False, max_age: float | None = None) -> audit.CatalogStats:
-        """Catalog statistics (a full read of the index), cached: recomputed on ``refresh`` or when
-        older than ``max_age`` seconds (another process may have imported meanwhile)."""
-        stale = max_age is not None and time.monotonic() - self._stats_at > max_age
-        if self._stats is None or refresh or stale:
-            try:
-                self._stats = audit.catalog_stats(self.engine)
-            except VisualSearchError as exc:
-                log.warning("catalog stats unavailable: %s", exc)
-                self._stats = audit.CatalogStats(0, 0, {}, {}, [])
-            self._stats_at = time.monotonic()
-        return self._stats
+    def stats(self, refresh: bool = False) -> CatalogStats:
+        """The catalog view (counts, facets, price bins), cached until the index changes."""
+        try:
+            return self._stats.get(self.engine.store, refresh=refresh)
+        except VisualSearchError as exc:
+            log.warning("catalog stats unavailable: %s", exc)
+            return CatalogStats()
 
     def log_search(
         self, view: dict[str, Any], text: str | None, photo: Image.Image | None, session: str | None

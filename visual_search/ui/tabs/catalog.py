@@ -9,40 +9,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import pandas as pd
 
-from ... import audit, evaluate, importer
-from ...errors import VisualSearchError
+from ... import audit, evaluation, importer
+from ...core.errors import VisualSearchError
+from ...stats import PriceBin, find_products
 from .. import render
 from ..common import CHOICES_LIMIT, USER_ERRORS, UIContext, card_from_result, public_message
 
 log = logging.getLogger(__name__)
 
 
-def price_histogram(
-    prices: Sequence[float], currency: str = "$", bins: int = 10
-) -> tuple[pd.DataFrame, list[str]]:
-    if not prices:
-        return pd.DataFrame({"price range": [], "products": []}), []
-    values = np.asarray(prices, dtype=float)
-    high = float(values.max())
-    step = _nice_step(high / bins if high > 0 else 1.0)
-    edges = np.arange(0.0, high + step, step)
-    if len(edges) < 2:
-        edges = np.array([0.0, step])
-    counts, edges = np.histogram(values, bins=edges)
-    labels = [f"{currency}{edges[i]:,.0f}–{edges[i + 1]:,.0f}" for i in range(len(counts))]
-    return pd.DataFrame({"price range": labels, "products": counts.astype(int)}), labels
-
-
-def _nice_step(raw: float) -> float:
-    exponent = np.floor(np.log10(raw))
-    base = 10**exponent
-    for m in (1, 2, 2.5, 5, 10):
-        if raw <= m * base:
-            return float(m * base)
-    return float(10 * base)
+def price_histogram(bins: Sequence[PriceBin], currency: str = "$") -> tuple[pd.DataFrame, list[str]]:
+    """The price bins stats.py counted, as a frame and labels in price order."""
+    labels = [f"{currency}{b.low:,.0f}–{b.high:,.0f}" for b in bins]
+    return pd.DataFrame({"price range": labels, "products": [int(b.products) for b in bins]}), labels
 
 
 def facet_frame(counts: dict[str, int], key: str, limit: int = 20) -> pd.DataFrame:
@@ -66,18 +47,15 @@ class CatalogHandlers:
     def __init__(self, ctx: UIContext) -> None:
         self.ctx = ctx
 
-    def product_choices(self) -> list[tuple[str, str]]:
-        seen: dict[str, str] = {}
+    def product_choices(self, query: str = "") -> list[tuple[str, str]]:
+        """A bounded list for the picker: the first products, or those matching what was typed
+        (id, or title words by prefix); any other id can still be typed in full."""
         try:
-            for hit in self.ctx.engine.store.scroll():
-                pid = str(hit.payload.get("product_id"))
-                if pid not in seen:
-                    seen[pid] = str(hit.payload.get("title") or pid)
-                if len(seen) >= CHOICES_LIMIT:
-                    break
+            found = find_products(self.ctx.engine.store, query, CHOICES_LIMIT)
         except VisualSearchError as exc:
             log.warning("product list unavailable: %s", exc)
-        return sorted(((f"{title} · {pid}", pid) for pid, title in seen.items()), key=lambda t: t[0].lower())
+            return []
+        return [(f"{c.title} · {c.product_id}", c.product_id) for c in found]
 
     def status_html(self) -> str:
         try:
@@ -104,7 +82,7 @@ class CatalogHandlers:
 
     def charts(self):
         stats = self.ctx.stats()
-        prices, labels = price_histogram(stats.prices, self.ctx.options.currency)
+        prices, labels = price_histogram(stats.price_bins, self.ctx.options.currency)
         return (
             facet_frame(stats.categories, "category"),
             facet_frame(stats.brands, "brand"),
@@ -180,12 +158,12 @@ class CatalogHandlers:
                 progress(done / total, desc=f"query {done} of {total}")
 
         try:
-            report = evaluate.live_synthetic_eval(
+            report = evaluation.live_synthetic_eval(
                 self.ctx.engine, n=int(n), remove_background=bool(remove_background), progress=on_progress
             )
         except USER_ERRORS as exc:
             return render.error_box(public_message(exc))
-        return evaluate.format_markdown([report], title="Retrieval evaluation on the live index")
+        return evaluation.format_markdown([report], title="Retrieval evaluation on the live index")
 
 
 def build_catalog_tab(ctx: UIContext) -> None:

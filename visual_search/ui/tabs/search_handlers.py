@@ -15,10 +15,10 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from ...core.errors import VisualSearchError
+from ...core.types import SearchFilters
 from ...engine import SearchResponse
-from ...errors import VisualSearchError
-from ...images import load_image
-from ...types import SearchFilters
+from ...images.load import load_image
 from .. import render
 from ..common import (
     CHOICES_LIMIT,
@@ -93,11 +93,11 @@ class SearchHandlers:
         return [(f"{b} ({n})", b) for b, n in self.ctx.stats().brands.items()][:CHOICES_LIMIT]
 
     def price_note(self) -> str:
-        prices = self.ctx.stats().prices
+        stats = self.ctx.stats()
         cur = self.ctx.options.currency
         info = (
-            f"Catalog prices run from {cur}{min(prices):,.2f} to {cur}{max(prices):,.2f}."
-            if prices
+            f"Catalog prices run from {cur}{stats.price_min:,.2f} to {cur}{stats.price_max:,.2f}."
+            if stats.price_min is not None and stats.price_max is not None
             else "No prices in the catalog."
         )
         return f'<div class="vs-dim">{render.esc(info)} Empty or 0 = no limit.</div>'

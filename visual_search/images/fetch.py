@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from visual_search.errors import ImageError
+from visual_search.core.errors import ImageError
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

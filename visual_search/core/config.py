@@ -8,10 +8,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cluster import RemoteOptions, add_remote_arguments
+
 DEFAULT_MODEL = "ViT-B-32@laion2b_s34b_b79k"
 DEFAULT_BG_MODEL = "u2netp"
 DEFAULT_LOG_DAYS = 30  # pilot analytics retention (events, query photos, exports)
-SAMPLE_CATALOG = Path(__file__).resolve().parent.parent / "sample_catalog" / "catalog.csv"
+SAMPLE_CATALOG = Path(__file__).resolve().parents[2] / "sample_catalog" / "catalog.csv"
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class Settings:
     bg_model: str = DEFAULT_BG_MODEL
     log_days: int = DEFAULT_LOG_DAYS  # 0 keeps the analytics log forever
     runtime: str = "auto"  # torch | onnx | onnx-int8 | auto (visual_search.device.pick_runtime)
+    remote: RemoteOptions = RemoteOptions()  # cluster layout and uploads (remote backend only)
+    indexing_threads: int = 0  # HNSW build threads of the embedded index; 0 = all cores
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -39,6 +43,8 @@ class Settings:
             bg_model=env.get("VS_BG_MODEL", DEFAULT_BG_MODEL),
             log_days=_log_days(env.get("VS_LOG_DAYS")),
             runtime=env.get("VS_RUNTIME") or "auto",
+            remote=RemoteOptions.from_env(env),
+            indexing_threads=_indexing_threads(env.get("VS_INDEXING_THREADS")),
         )
 
     @classmethod
@@ -54,7 +60,23 @@ class Settings:
             bg_model=args.bg_model or base.bg_model,
             log_days=base.log_days if getattr(args, "log_days", None) is None else args.log_days,
             runtime=getattr(args, "runtime", None) or base.runtime,
+            remote=base.remote.with_args(args),
+            indexing_threads=base.indexing_threads
+            if getattr(args, "indexing_threads", None) is None
+            else args.indexing_threads,
         )
+
+
+def _indexing_threads(value: str | None) -> int:
+    """VS_INDEXING_THREADS; unset or unreadable gives 0 (Qdrant uses every core)."""
+    try:
+        threads = int(value) if value and value.strip() else 0
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        warnings.warn(f"VS_INDEXING_THREADS={value!r} is not 0 or more; using 0 (all cores)", stacklevel=2)
+        return 0
+    return threads
 
 
 def _log_days(value: str | None) -> int:
@@ -77,6 +99,16 @@ def _days(value: str) -> int:
     if days < 0:
         raise argparse.ArgumentTypeError(f"0 or more days, got {days}")
     return days
+
+
+def _threads(value: str) -> int:
+    try:
+        threads = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of threads, got {value!r}") from None
+    if threads < 0:
+        raise argparse.ArgumentTypeError(f"0 (all cores) or more threads, got {threads}")
+    return threads
 
 
 def add_log_days_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -110,6 +142,13 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--collection", help="collection name on the remote Qdrant (VS_COLLECTION; default products)"
     )
+    g.add_argument(
+        "--indexing-threads",
+        type=_threads,
+        help="threads building the embedded index's HNSW graph after indexing (VS_INDEXING_THREADS; "
+        "default 0 = all cores; fewer keeps a core free for a running app)",
+    )
+    add_remote_arguments(g)
     g.add_argument(
         "--bg-model", help=f"rembg model for background removal (VS_BG_MODEL; default {DEFAULT_BG_MODEL})"
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidQueryError
+from visual_search.core.errors import InvalidQueryError
 
 # Payload keys every indexed point carries. Extra catalog columns live under ATTRS_KEY.
 PRODUCT_ID = "product_id"
@@ -24,6 +24,7 @@ PRICE = "price"
 DESCRIPTION = "description"
 URL = "url"
 ATTRS_KEY = "attrs"
+INDEXED_AT = "indexed_at"  # ISO 8601 UTC time the point was last embedded (set by the engine)
 
 KEYWORD_FIELDS = (PRODUCT_ID, CATEGORY, BRAND)
 FLOAT_FIELDS = (PRICE,)

@@ -25,7 +25,7 @@ Optimisation
 Data
     Train/validation split by product (never the same product on both sides), deterministic for a seed
     and independent of the catalog's row order (:func:`split_products`). Training images get the
-    shopper-photo augmentation of visual_search.augment (background change, random resized crop, flip,
+    shopper-photo augmentation of visual_search.training.augment (background change, random resized crop, flip,
     colour jitter); every sample's randomness is derived from (seed, epoch, sample), so a run is
     reproducible with any number of DataLoader workers and a resumed run continues exactly.
 
@@ -49,7 +49,6 @@ Files in ``DIR``
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -71,11 +70,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .augment import shopper_photo, train_augment
-from .catalog import Catalog, Product, read_catalog
-from .device import uses_half_precision
-from .encoders import OpenClipEncoder, create_encoder
-from .errors import ImageError, ModelUnavailableError, VisualSearchError
+from visual_search.catalog import Catalog, Product, read_catalog
+from visual_search.core.errors import ImageError, ModelUnavailableError, VisualSearchError
+from visual_search.device import uses_half_precision
+from visual_search.encoders import OpenClipEncoder, create_encoder
+from visual_search.training.augment import shopper_photo, train_augment
 
 __all__ = [
     "SELECTION_METRIC",
@@ -84,7 +83,6 @@ __all__ = [
     "FinetuneError",
     "FinetuneResult",
     "ValMetrics",
-    "add_finetune_parser",
     "contrastive_loss",
     "fine_tuned_spec",
     "finetune",
@@ -355,7 +353,7 @@ class _TrainSet(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int] | None:
-        from .images import load_image
+        from visual_search.images.load import load_image
 
         epoch, index = key
         sample = self.samples[index]
@@ -392,7 +390,7 @@ def _image_size(encoder: OpenClipEncoder) -> int:
 
 
 def _load_many(sources: Sequence[str]) -> list[Image.Image | None]:
-    from .images import load_image
+    from visual_search.images.load import load_image
 
     def one(source: str) -> Image.Image | None:
         try:
@@ -898,137 +896,3 @@ def _write_run_json(result: FinetuneResult, config: FinetuneConfig) -> None:
     tmp = result.out_dir / ".run.json.tmp"
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, result.out_dir / "run.json")
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def _default_workers() -> int:
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
-
-
-def add_finetune_parser(sub: Any) -> argparse.ArgumentParser:
-    """Register ``finetune`` on the CLI's subparsers (handler: cli.COMMANDS['finetune'])."""
-    defaults = FinetuneConfig(catalog="", model="", out_dir="")
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune the model's image tower on a catalog (text tower frozen)",
-        description="Fine-tune the vision tower of a CLIP model on catalog (image, product text) pairs. "
-        "Checkpoints go to DIR (epoch_N.pt, last.pt, best.pt); the end prints the --model spec to use.",
-    )
-    p.add_argument(
-        "catalog", help="catalog CSV/Parquet (product_id, image, title, category, brand, description)"
-    )
-    p.add_argument("--model", help="base CLIP model spec, e.g. ViT-B-32 or ViT-B-32@/path/weights.pt")
-    p.add_argument("--out", required=True, help="output folder for checkpoints")
-    p.add_argument(
-        "--epochs",
-        type=int,
-        help=f"total epochs (default {defaults.epochs}); with --resume, a larger value extends the run "
-        "(the cosine schedule is re-planned over the new total)",
-    )
-    p.add_argument("--batch-size", type=int, help=f"images per batch (default {defaults.batch_size})")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr:g})")
-    p.add_argument(
-        "--weight-decay", type=float, help=f"AdamW weight decay (default {defaults.weight_decay:g})"
-    )
-    p.add_argument(
-        "--val-fraction", type=float, help=f"share of products held out (default {defaults.val_fraction:g})"
-    )
-    p.add_argument(
-        "--seed", type=int, help=f"seed for split, order and augmentation (default {defaults.seed})"
-    )
-    p.add_argument("--accum-steps", type=int, help="batches per optimizer step (default 1)")
-    p.add_argument("--warmup", type=float, help=f"warmup fraction of the steps (default {defaults.warmup:g})")
-    p.add_argument(
-        "--background-p",
-        type=float,
-        help=f"probability of the background-change augmentation (default {defaults.background_p:g})",
-    )
-    p.add_argument("--keep-epochs", type=int, help="keep only the newest N epoch_N.pt files (default: all)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=_default_workers(),
-        help="data loading processes (default: %(default)s)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    # cli.main builds Settings from every command's namespace
-    p.set_defaults(data_dir=None, qdrant_url=None, qdrant_api_key=None, collection=None, bg_model=None)
-    from .cli import command
-
-    command("finetune")(_finetune_command)
-    return p
-
-
-def _finetune_command(args: argparse.Namespace, settings: Any) -> int:
-    return run_finetune_command(args)
-
-
-_FLAG_FIELDS = {
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "weight_decay": "weight_decay",
-    "val_fraction": "val_fraction",
-    "seed": "seed",
-    "accum_steps": "accum_steps",
-    "warmup": "warmup",
-    "background_p": "background_p",
-    "keep_epochs": "keep_epochs",
-}
-
-
-def run_finetune_command(args: argparse.Namespace) -> int:
-    """The ``finetune`` subcommand: train, then print the --model spec to use."""
-    if not args.model and not args.resume:
-        raise FinetuneError("Give the base model to fine-tune, e.g. --model ViT-B-32")
-    values = {
-        field_: getattr(args, flag)
-        for flag, field_ in _FLAG_FIELDS.items()
-        if getattr(args, flag) is not None
-    }
-    explicit = set(values)
-    if args.model:
-        explicit.add("model")
-    config = FinetuneConfig(
-        catalog=args.catalog,
-        model=args.model or "",
-        out_dir=args.out,
-        resume=args.resume,
-        device=args.device,
-        workers=args.workers,
-        **values,
-    )
-    result = finetune(config, progress=not args.no_progress, explicit=explicit)
-    if result.trained_epochs == 0:
-        print(
-            f"Nothing to do: {result.out_dir} has already trained {config.epochs} epochs; raise --epochs to go on."
-        )
-    if result.best is not None:
-        base = f" (base model: {result.baseline.i2i_recall_at_10:.3f})" if result.baseline else ""
-        print(
-            f"best epoch {result.best_epoch}: validation image->image Recall@10 "
-            f"{result.best.i2i_recall_at_10:.3f}{base}, image->text Recall@10 {result.best.i2t_recall_at_10:.3f}"
-        )
-        if result.baseline is not None and result.best.key() <= result.baseline.key():
-            print(
-                "warning: the fine-tuned model is not better than the base model on validation; "
-                f"consider keeping --model {config.model}."
-            )
-    print(f"checkpoint: {result.best_path} (verified: loads with the spec below)")
-    print("Use the fine-tuned model everywhere (CLI, app, evaluate) with:")
-    print(f"  --model {result.spec}")
-    print(f"  e.g. VS_MODEL='{result.spec}' python app.py")
-    print(
-        f"       python -m visual_search index {args.catalog} --model '{result.spec}' --data-dir data-finetuned"
-    )
-    print(
-        f"       python -m visual_search evaluate --catalog {args.catalog} --synthetic 100 "
-        f"--model {config.model} --model '{result.spec}'"
-    )
-    print("A new checkpoint means a new index: re-index with it (the store refuses to mix models).")
-    return 0

@@ -68,8 +68,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from visual_search.core.errors import ModelUnavailableError, UnsupportedQueryError
 from visual_search.device import pick_device, pick_runtime, uses_half_precision
-from visual_search.errors import ModelUnavailableError, UnsupportedQueryError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -114,7 +114,7 @@ class Encoder(ABC):
     preprocess: Callable[[Image.Image], torch.Tensor]
     model: torch.nn.Module
 
-    runtime: str = "torch"  # what runs the towers: torch, onnx, onnx-int8 (visual_search.runtime)
+    runtime: str = "torch"  # what runs the towers: torch, onnx, onnx-int8 (visual_search.encoders.runtime)
     towers: dict[str, Any] = {}  # ONNX towers by "image"/"text", set by runtime.accelerate
     _pool: ThreadPoolExecutor | None = None
 
@@ -324,13 +324,13 @@ def create_encoder(
     ``runtime``: "torch" (default: exact fp32 eager, what training and evaluation code wants), "onnx",
     "onnx-int8", or "auto"/None (visual_search.device.pick_runtime: VS_RUNTIME, else the measured CPU
     default; torch on CUDA). The app passes its --runtime setting. ``model_id`` is the same for every
-    runtime (figures in visual_search.runtime).
+    runtime (figures in visual_search.encoders.runtime).
     Raises ModelUnavailableError with a message for people when weights cannot be loaded.
     """
     encoder = _create(spec, device, cache_dir)
     chosen = pick_runtime(runtime, encoder.device)
     if chosen != "torch":
-        from visual_search.runtime import accelerate
+        from visual_search.encoders.runtime import accelerate
 
         accelerate(encoder, chosen, cache_dir)
     return encoder

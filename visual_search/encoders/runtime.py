@@ -73,7 +73,7 @@ CALIBRATION_TEXTS = (
     "stainless steel water bottle",
     "a striped cotton t-shirt",
 )
-SAMPLE_IMAGES = Path(__file__).resolve().parent.parent / "sample_catalog" / "images"
+SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "sample_catalog" / "images"
 
 # How many exports/quantizations ran in this process, per (model_id, tower, variant): tests use it to
 # prove a second load reuses the cache.

@@ -1,0 +1,1 @@
+"""The command line: ``main`` builds the parser from one module per command (parser and handler together)."""

@@ -1,0 +1,51 @@
+"""``index``: embed a catalog (CSV/Parquet) into the index."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from typing import Any
+
+from visual_search.core.config import Settings, add_settings_arguments
+from visual_search.engine import SearchEngine
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("index", help="embed a catalog (CSV/Parquet) into the index")
+    p.add_argument("catalog", help="CSV or Parquet with product_id, image, and optional title, price, ...")
+    p.add_argument("--sync", action="store_true", help="also remove products that left the catalog")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_settings_arguments(p)
+    p.set_defaults(handler=run)
+    return p
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    engine = SearchEngine.from_settings(settings)
+    bar = tqdm(total=0, unit="img", desc="embedding", disable=args.json or None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        report = engine.index_catalog(
+            args.catalog, sync=args.sync, batch_size=args.batch_size, progress=progress
+        )
+    finally:
+        bar.close()
+        engine.close()
+    if args.json:
+        data = asdict(report)
+        data["issues"] = [str(i) for i in report.issues]
+        print(json.dumps(data, indent=2))
+    else:
+        print(report.summary())
+        for issue in report.issues:
+            print(f"  skipped {issue}")
+    return 0

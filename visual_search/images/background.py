@@ -1,0 +1,274 @@
+"""Cut the product out of its background (rembg), optionally, before embedding a photo.
+
+The model (default ``u2netp``) is a file under ``~/.u2net``; when it is missing the app says so once and
+searches the whole photo instead (:class:`BackgroundRemovalUnavailable`). Nothing here downloads it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
+
+from visual_search.core.errors import ImageError
+from visual_search.images.load import _WHITE, _check_pixels, _reason, _shrink, to_rgb
+
+__all__ = [
+    "REMBG_WORK_SIDE",
+    "BackgroundRemoval",
+    "BackgroundRemovalUnavailable",
+    "BackgroundRemover",
+    "model_file_candidates",
+]
+
+REMBG_WORK_SIDE = 640
+"""rembg's u2netp looks at 320x320 anyway; running on a 640 px copy keeps resizing cheap."""
+
+
+class BackgroundRemovalUnavailable(ImageError):
+    """The background-removal model cannot be loaded; callers search the whole photo instead."""
+
+
+@dataclass
+class BackgroundRemoval:
+    """What background removal did to one photo, kept so the UI can show it.
+
+    ``cleaned`` is what gets embedded: the object cut out (soft edges kept), cropped to its box
+    with a margin and centred on a white square. Square matters: CLIP's preprocessing centre-crops
+    to a square, which would cut the top and bottom off a tall, tightly cropped object.
+    """
+
+    original: Image.Image  # the input, RGB
+    cleaned: Image.Image  # what is searched (the original itself when no object was found)
+    mask: Image.Image  # L, size of original, 255 = kept
+    bbox: tuple[int, int, int, int] | None  # object box in original pixels (x0, y0, x1, y1)
+    removed_fraction: float  # share of the original's pixels removed as background
+    note: str = ""  # for people, e.g. why the whole photo was searched
+    seconds: float = 0.0  # time taken, for logs and the UI's "how long did that take"
+
+    def preview(self, gap: int = 8) -> Image.Image:
+        """Side by side: left the photo with the removed part washed out over a checkerboard and
+        the object's box outlined, right what was searched (fitted into the same panel size)."""
+        width, height = self.original.size
+        canvas = Image.new("RGB", (2 * width + gap, height), (200, 200, 200))
+        if self.bbox is None:
+            left = self.original
+        else:
+            faded = Image.blend(self.original, _checkerboard(self.original.size), 0.7)
+            left = Image.composite(self.original, faded, self.mask)
+            ImageDraw.Draw(left).rectangle(_inclusive(self.bbox), outline=(255, 64, 0), width=2)
+        canvas.paste(left, (0, 0))
+        right = Image.new("RGB", (width, height), _WHITE)
+        searched = self.cleaned.resize(
+            _fit_inside(self.cleaned.size, (width, height)), Image.Resampling.LANCZOS
+        )
+        right.paste(searched, ((width - searched.width) // 2, (height - searched.height) // 2))
+        canvas.paste(right, (width + gap, 0))
+        return canvas
+
+
+class BackgroundRemover:
+    """Cuts the main object out of a photo with rembg; one model session, created on first use.
+
+    Never downloads: rembg would otherwise fetch the model from GitHub on first use and a
+    machine without internet would hang there. The session is shared by all threads (onnxruntime
+    sessions are thread-safe for inference), so only its creation is guarded by a lock.
+    """
+
+    def __init__(self, model_name: str = "u2netp", *, work_side: int = REMBG_WORK_SIDE) -> None:
+        self.model_name = model_name
+        self.work_side = work_side
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> bool:
+        """True when the model is loaded or its file is on disk (cheap: no import, no session).
+
+        A corrupt file still reads as available here; :meth:`session` is the real test.
+        """
+        if self._session is not None:
+            return True
+        if importlib.util.find_spec("rembg") is None:
+            return False
+        return any(p.is_file() for p in model_file_candidates(self.model_name))
+
+    def session(self) -> Any:
+        """The rembg session, created once; raises :class:`BackgroundRemovalUnavailable`."""
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = self._load()
+        return self._session
+
+    def _load(self) -> Any:
+        candidates = model_file_candidates(self.model_name)
+        if not any(p.is_file() for p in candidates):
+            raise BackgroundRemovalUnavailable(self._missing_message(candidates))
+        try:
+            import rembg
+            from rembg.sessions import sessions_class
+        except Exception as e:  # noqa: BLE001 - missing package or broken install: same outcome
+            raise BackgroundRemovalUnavailable(
+                f"Background removal is off: the rembg package cannot be imported ({_reason(e)}). "
+                "Install it with 'pip install rembg onnxruntime'. Search continues without background removal."
+            ) from None
+        session_cls = next((c for c in sessions_class if c.name() == self.model_name), None)
+        if session_cls is None:
+            raise BackgroundRemovalUnavailable(
+                f"Background removal is off: rembg has no model called '{self.model_name}' "
+                "(try 'u2netp'). Search continues without background removal."
+            )
+        resolve = getattr(session_cls, "resolve_existing", None)
+        if resolve is not None and resolve(f"{self.model_name}.onnx") is None:
+            # The file is somewhere we looked but not where this rembg version looks: it would download.
+            raise BackgroundRemovalUnavailable(self._missing_message(candidates))
+        try:
+            return rembg.new_session(self.model_name)
+        except Exception as e:  # noqa: BLE001 - corrupt file, onnxruntime trouble, anything
+            raise BackgroundRemovalUnavailable(
+                f"Background removal is off: the rembg model '{self.model_name}' could not be loaded "
+                f"({_reason(e)}). Replace {self.model_name}.onnx in {_home_hint()}. "
+                "Search continues without background removal."
+            ) from None
+
+    def _missing_message(self, candidates: list[Path]) -> str:
+        where = " or ".join(str(p) for p in candidates)
+        return (
+            f"Background removal is off: the rembg model '{self.model_name}' ({self.model_name}.onnx) "
+            f"is not on this machine (looked for {where}) and is not downloaded automatically. "
+            f"Put {self.model_name}.onnx in {_home_hint()}; it is picked up on the next photo. "
+            "Search continues without background removal."
+        )
+
+    def remove(self, image: Image.Image) -> BackgroundRemoval:
+        """Find the main object and return the cut-out to search with, plus what was removed.
+
+        Pass a :func:`load_image` result: the mask and the cut-out are made at the input's size.
+        """
+        session = self.session()
+        started = time.perf_counter()
+        _check_pixels(image.size, "the image")
+        original = to_rgb(image)
+        if original is image:
+            original = image.copy()
+        work = _shrink(original, self.work_side)
+        try:
+            masks = session.predict(work)
+        except Exception as e:  # noqa: BLE001 - onnxruntime failures: this photo only, not the app
+            raise ImageError(
+                f"Background removal failed on this photo ({_reason(e)}); search it without removal."
+            ) from None
+        soft = masks[0].convert("L")
+        for extra in masks[1:]:  # multi-class models (e.g. cloth segmentation): union of classes
+            soft = ImageChops.lighter(soft, extra.convert("L"))
+        if soft.size != work.size:
+            soft = soft.resize(work.size, Image.Resampling.BILINEAR)
+        result = _cut_out(original, soft)
+        result.seconds = time.perf_counter() - started
+        return result
+
+
+def model_file_candidates(model_name: str) -> list[Path]:
+    """Where rembg looks for ``<model>.onnx``: ``$U2NET_HOME/models/<model>/`` and ``$U2NET_HOME/``
+    when U2NET_HOME is set, else ``~/.rembg/models/<model>/`` (or $REMBG_HOME) and ``~/.u2net/``."""
+    fname = f"{model_name}.onnx"
+    u2net_home = os.getenv("U2NET_HOME")
+    if u2net_home:
+        home = legacy = Path(u2net_home).expanduser()
+    else:
+        xdg = os.getenv("XDG_DATA_HOME")
+        default = os.path.join(xdg, "rembg") if xdg else os.path.join("~", ".rembg")
+        home = Path(os.getenv("REMBG_HOME", default)).expanduser()
+        legacy = Path(xdg or "~", ".u2net").expanduser()
+    return [home / "models" / model_name / fname, legacy / fname]
+
+
+def _home_hint() -> str:
+    u2net_home = os.getenv("U2NET_HOME")
+    if u2net_home:
+        return f"the folder named by U2NET_HOME ({u2net_home})"
+    return f"{Path('~/.u2net').expanduser()} (or set U2NET_HOME to the folder that holds it)"
+
+
+MIN_OBJECT_FRACTION = 0.005
+"""Below this share of the photo the mask is noise (u2netp normalises every output to 0-1)."""
+
+MAX_OBJECT_FRACTION = 0.97
+"""Above this the 'object' is the whole photo and there is nothing to remove."""
+
+
+def _cut_out(original: Image.Image, soft_small: Image.Image) -> BackgroundRemoval:
+    """Turn a (small) soft mask into the searched image, box and statistics for ``original``."""
+    # Opening (erode then dilate) drops the speckles u2netp leaves on flat or noisy photos.
+    binary = soft_small.point(lambda v: 255 if v >= 128 else 0)
+    opened = binary.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
+    share = _share_on(opened)
+    if share < MIN_OBJECT_FRACTION or share > MAX_OBJECT_FRACTION:
+        note = (
+            "no clear object found; searched the whole photo"
+            if share < MIN_OBJECT_FRACTION
+            else "the object fills the photo; searched the whole photo"
+        )
+        return BackgroundRemoval(
+            original=original,
+            cleaned=original.copy(),
+            mask=Image.new("L", original.size, 255),
+            bbox=None,
+            removed_fraction=0.0,
+            note=note,
+        )
+    # Keep soft edges near the object, drop stray blobs' faint halos far from it.
+    near = opened.filter(ImageFilter.MaxFilter(7))
+    soft_small = ImageChops.multiply(soft_small, near)
+    mask = soft_small.resize(original.size, Image.Resampling.BILINEAR)
+    bbox = mask.point(lambda v: 255 if v >= 128 else 0).getbbox()
+    if bbox is None:  # the resize blurred a sliver away
+        return _cut_out(original, Image.new("L", soft_small.size, 0))
+    removed = 1.0 - _share_on(mask)
+    cutout = Image.composite(original, Image.new("RGB", original.size, _WHITE), mask)
+    cleaned = _square_on_white(cutout.crop(_with_margin(bbox, original.size)))
+    return BackgroundRemoval(original, cleaned, mask, tuple(bbox), removed)
+
+
+def _share_on(mask: Image.Image) -> float:
+    histogram = mask.histogram()
+    return sum(histogram[128:]) / max(1, mask.width * mask.height)
+
+
+def _with_margin(bbox: tuple[int, int, int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = bbox
+    margin = max(4, round(0.05 * max(x1 - x0, y1 - y0)))
+    return max(0, x0 - margin), max(0, y0 - margin), min(size[0], x1 + margin), min(size[1], y1 + margin)
+
+
+def _square_on_white(img: Image.Image) -> Image.Image:
+    side = max(img.size)
+    canvas = Image.new("RGB", (side, side), _WHITE)
+    canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return canvas
+
+
+def _checkerboard(size: tuple[int, int], cell: int = 12) -> Image.Image:
+    cols = (np.arange(size[0]) // cell) % 2
+    rows = (np.arange(size[1]) // cell) % 2
+    grey = np.where((rows[:, None] + cols[None, :]) % 2 == 1, 255, 228).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _inclusive(bbox: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = bbox
+    return x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)
+
+
+def _fit_inside(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    scale = min(box[0] / size[0], box[1] / size[1])
+    return max(1, math.floor(size[0] * scale)), max(1, math.floor(size[1] * scale))
