@@ -31,6 +31,7 @@ from visual_search.training.finetune import (
     product_text,
     split_products,
 )
+from visual_search.training.finetune import run as finetune_run
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 210), "yellow": (240, 210, 30)}
 SHAPES = ("circle", "square")
@@ -230,17 +231,17 @@ def test_resume_continues_from_the_saved_epoch(
     trained: ft.FinetuneResult, shapes_catalog: Path, tmp_path: Path, monkeypatch
 ) -> None:
     out = tmp_path / "interrupted"
-    real_prune = ft._prune_epochs
+    real_prune = finetune_run.prune_epochs
 
     def stop_after_first_epoch(folder: Path, epoch: int, keep) -> None:
         real_prune(folder, epoch, keep)
         if epoch == 1:
             raise KeyboardInterrupt  # like Ctrl-C right after the epoch's checkpoints were written
 
-    monkeypatch.setattr(ft, "_prune_epochs", stop_after_first_epoch)
+    monkeypatch.setattr(finetune_run, "prune_epochs", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         finetune(_config(shapes_catalog, out), progress=False, log=lambda m: None)
-    monkeypatch.setattr(ft, "_prune_epochs", real_prune)
+    monkeypatch.setattr(finetune_run, "prune_epochs", real_prune)
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1 and not (out / "epoch_2.pt").exists()
 
     messages: list[str] = []

@@ -20,6 +20,7 @@ from typing import Any
 from visual_search.catalog import read_catalog
 from visual_search.core.config import Settings
 from visual_search.core.errors import VisualSearchError
+from visual_search.core.io import progress_bar
 from visual_search.encoders import create_encoder
 from visual_search.engine import SearchEngine
 from visual_search.evaluation import (
@@ -138,7 +139,6 @@ def machine_info() -> dict[str, Any]:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """The ``evaluate`` subcommand."""
-    from tqdm import tqdm
 
     started = time.perf_counter()
     models = args.models or [settings.model]
@@ -211,22 +211,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     if note not in run_notes:
                         run_notes.append(note)
                         _say(note)
-                bar = tqdm(
-                    total=len(query_set),
-                    desc=f"{spec} [{pipeline or ('bg on' if bg else 'bg off')}]",
-                    unit="query",
-                    disable=args.no_progress or None,
-                    file=sys.stderr,
-                )
-
-                def tick(done: int, total: int, bar: Any = bar) -> None:
-                    bar.n = done
-                    bar.refresh()
-
-                report = evaluate_engine(
-                    engine, query_set, bg, depth=args.depth, progress=tick, pipeline=pipeline
-                )
-                bar.close()
+                desc = f"{spec} [{pipeline or ('bg on' if bg else 'bg off')}]"
+                with progress_bar(desc, "query", disable=args.no_progress or None, file=sys.stderr) as tick:
+                    report = evaluate_engine(
+                        engine, query_set, bg, depth=args.depth, progress=tick, pipeline=pipeline
+                    )
                 reports.append(report)
         finally:
             engine.close()
