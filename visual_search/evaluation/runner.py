@@ -99,6 +99,7 @@ def evaluate_engine(
                 embed_ms=response.embed_ms,
                 search_ms=response.search_ms,
                 total_ms=response.total_ms,
+                top_score=float(response.results[0].score) if response.results else None,
             )
         )
     if skipped_text:
