@@ -28,7 +28,6 @@ from .core.errors import (
     ImageError,
     InvalidQueryError,
     ModelMismatchError,
-    UnsupportedQueryError,
     VisualSearchError,
 )
 from .core.types import (
@@ -348,11 +347,8 @@ class SearchEngine:
         text = (text or "").strip() or None
         if image is None and text is None:
             raise VisualSearchError("Give a photo, a text, or both to search.")
-        if text is not None and not self.encoder.supports_text:
-            raise UnsupportedQueryError(
-                f"Model {self.encoder.model_id} embeds images only, so text search is not available; "
-                "search with a photo or use a CLIP model."
-            )
+        if text is not None:
+            self.encoder.require_text()
         if image is not None and text is not None:
             weight = check_query_options(1, None, text_weight).text_weight
             vec = (1.0 - weight) * self.encoder.embed_images([image])[0] + weight * self.encoder.embed_texts(
@@ -413,9 +409,6 @@ class SearchEngine:
             total_ms=(time.perf_counter() - started) * 1000,
             query_vector=vector,
         )
-
-    def search_by_image(self, image: Image.Image | str | Path | bytes, **kwargs: Any) -> SearchResponse:
-        return self.search(image=image, **kwargs)
 
     def search_by_text(self, text: str, **kwargs: Any) -> SearchResponse:
         return self.search(text=text, **kwargs)
