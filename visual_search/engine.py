@@ -211,6 +211,8 @@ class EngineStatus:
 class SearchEngine:
     """One per process: loading the model is the expensive part, searches are thread-safe."""
 
+    data_dir: Path | None = None  # where calibration.json lives (set by from_settings)
+
     def __init__(self, encoder: Encoder, store: VectorStore, bg_model: str = "u2netp") -> None:
         self.encoder = encoder
         self.store = store
@@ -248,7 +250,22 @@ class SearchEngine:
         except BaseException:
             store.close()  # release the data-dir lock at once, not whenever the store is collected
             raise
-        return cls(encoder, store, bg_model=settings.bg_model)
+        engine = cls(encoder, store, bg_model=settings.bg_model)
+        engine.data_dir = Path(settings.data_dir)
+        return engine
+
+    def default_threshold(self) -> float:
+        """The score threshold for this model: calibrated by ``evaluate --calibrate`` (stored beside
+        the index, per model id), else the built-in per-model default (evaluation.calibration)."""
+        from visual_search.evaluation.calibration import default_threshold
+
+        return default_threshold(self.encoder.model_id, self.data_dir)
+
+    def threshold_calibration(self) -> Any:
+        """The stored Calibration for this model (threshold, precision, recall), or None."""
+        from visual_search.evaluation.calibration import load_calibration
+
+        return load_calibration(self.data_dir, self.encoder.model_id)
 
     # ---------------------------------------------------------------- indexing
 
