@@ -491,11 +491,6 @@ class SearchEngine:
         filters = filters or SearchFilters()
         self.check_index_model()
         text = (text or "").strip() or None
-        if text is not None and not self.encoder.supports_text:
-            raise UnsupportedQueryError(
-                f"Model {self.encoder.model_id} embeds images only, so text search is not available; "
-                "search with a photo or use a CLIP model."
-            )
         text_start = time.perf_counter()
         text_vector = self.encoder.embed_texts([text])[0] if text is not None else None
         text_ms = (time.perf_counter() - text_start) * 1000 if text is not None else 0.0
