@@ -92,6 +92,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         choices=("off", "on", "both"),
         help="today's engine.search without / with / both ways, instead of --pipeline",
     )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="calibrate each model's default score threshold from this run (the first-result score that "
+        "best separates right from wrong answers) and store it in <data-dir>/calibration.json, where "
+        "the app reads it",
+    )
     p.add_argument("--out-json", help="write the full report (per query too) as JSON")
     p.add_argument("--out-md", help="write the Markdown table to this file")
     p.add_argument(
@@ -163,12 +170,45 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         markdown += "\n" + format_pipeline_table(reports)
     if run_notes:
         markdown += "\n" + "\n".join(f"- {note}" for note in run_notes) + "\n"
+    if args.calibrate:
+        markdown += "\n" + calibrate_reports(reports, Path(settings.data_dir))
     print(markdown)
     if args.out_md:
         Path(args.out_md).write_text(markdown, encoding="utf-8")
     if args.out_json:
         _write_json(Path(args.out_json), plan, reports, time.perf_counter() - started)
     return 0
+
+
+def calibrate_reports(reports: list[EvalReport], data_dir: Path) -> str:
+    """Calibrate and store one threshold per model (from its default-pipeline row when there is
+    one, else its first row); returns a Markdown section saying what was stored."""
+    from visual_search.evaluation.calibration import CalibrationError, calibrate_report, save_calibration
+
+    lines = [
+        "Calibrated score thresholds (stored in calibration.json in the data dir; the app's default):",
+        "",
+        "| model | threshold | precision | recall | wrong let through | from |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    by_model: dict[str, list[EvalReport]] = {}
+    for report in reports:
+        by_model.setdefault(report.model_id, []).append(report)
+    notes = []
+    for model_id, rows in by_model.items():
+        row = next((r for r in rows if r.pipeline == DEFAULT_PIPELINE), rows[0])
+        try:
+            calibration = calibrate_report(row)
+        except CalibrationError as exc:
+            notes.append(f"- {model_id}: not calibrated: {exc}.")
+            continue
+        save_calibration(data_dir, model_id, calibration)
+        _say(f"{model_id}: {calibration.summary()}")
+        lines.append(
+            f"| {model_id} | {calibration.threshold:.3f} | {calibration.precision:.3f} | "
+            f"{calibration.recall:.3f} | {calibration.false_positive_rate:.3f} | {calibration.source} |"
+        )
+    return "\n".join(lines + [""] + notes) + "\n"
 
 
 @dataclass(frozen=True)

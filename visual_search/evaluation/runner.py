@@ -132,6 +132,7 @@ def _scored(query: Query, query_id: str, category: str, response: Any) -> QueryR
         embed_ms=response.embed_ms,
         search_ms=response.search_ms,
         total_ms=response.total_ms,
+        top_score=float(response.results[0].score) if response.results else None,
     )
 
 

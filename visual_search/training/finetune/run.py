@@ -74,6 +74,13 @@ def finetune(
     out = Path(config.out_dir).expanduser().resolve()
     saved = open_run(config, out, explicit)
     catalog, products, (train_ids, val_ids) = _catalog_split(config, saved, say)
+    if config.model.strip().startswith("timm:"):  # image-only backbone: image-to-image contrast
+        from visual_search.training.finetune.timm_contrastive import finetune_timm
+
+        split = (train_ids, val_ids)
+        return finetune_timm(
+            config, out, saved, catalog, products, split, progress=progress, explicit=explicit, say=say
+        )
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
