@@ -384,6 +384,34 @@ def _timm_encoder(config: FinetuneConfig) -> TimmEncoder:
     return encoder
 
 
+def _timm_trainer(
+    encoder: TimmEncoder,
+    config: TimmFinetuneConfig,
+    trainable: list[torch.nn.Parameter],
+    steps_per_epoch: int,
+) -> Trainer:
+    """AdamW over the trainable stages, warmup + cosine schedule, fp16 scaler on CUDA (no text tower)."""
+    model, device = encoder.model, encoder.device
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = round(config.warmup * total_steps)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    use_amp = uses_half_precision(device)
+    return Trainer(
+        model=model,
+        device=device,
+        trainable=trainable,
+        text_features=torch.zeros(0),
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup_steps)),
+        scaler=torch.amp.GradScaler(torch.device(device).type, enabled=use_amp),
+        use_amp=use_amp,
+        logit_scale=torch.tensor(1.0 / config.temperature),
+        accum_steps=config.accum_steps,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+    )
+
+
 def finetune_timm(
     config: FinetuneConfig,
     out: Path,
@@ -424,24 +452,7 @@ def finetune_timm(
     per_batch = max(2, config.batch_size // config.views)
     n_batches = len(epoch_groups(len(dataset), per_batch, config.views, config.seed, 1))
     steps_per_epoch = math.ceil(n_batches / config.accum_steps)
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup * total_steps)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
-    use_amp = uses_half_precision(device)
-    trainer = Trainer(
-        model=model,
-        device=device,
-        trainable=trainable,
-        text_features=torch.zeros(0),
-        optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup_steps)),
-        scaler=torch.amp.GradScaler(torch.device(device).type, enabled=use_amp),
-        use_amp=use_amp,
-        logit_scale=torch.tensor(1.0 / config.temperature),
-        accum_steps=config.accum_steps,
-        total_steps=total_steps,
-        warmup_steps=warmup_steps,
-    )
+    trainer = _timm_trainer(encoder, config, trainable, steps_per_epoch)
     record = RunRecord()
     if saved is not None:
         record = restore(trainer, saved)
