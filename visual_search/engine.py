@@ -172,15 +172,21 @@ class EngineStatus:
     store: CollectionInfo
     products: int
     last_indexed: str | None
+    runtime: str = "torch"  # what runs the encoder: torch, onnx, onnx-int8 (or onnx-mixed)
 
 
 class SearchEngine:
     """One per process: loading the model is the expensive part, searches are thread-safe."""
 
-    def __init__(self, encoder: Encoder, store: VectorStore, bg_model: str = "u2netp") -> None:
+    def __init__(
+        self, encoder: Encoder, store: VectorStore, bg_model: str = "u2netp", bg_runtime: str | None = None
+    ) -> None:
         self.encoder = encoder
         self.store = store
-        self.background_remover = BackgroundRemover(bg_model)
+        # bg_runtime: the app's runtime setting; device.pick_background_runtime maps it at first use.
+        self.background_remover = BackgroundRemover(
+            bg_model, runtime=bg_runtime, device=str(getattr(encoder, "device", "cpu"))
+        )
         self._index_lock = threading.Lock()
 
     def check_index_model(self) -> None:
@@ -214,7 +220,7 @@ class SearchEngine:
         except BaseException:
             store.close()  # release the data-dir lock at once, not whenever the store is collected
             raise
-        return cls(encoder, store, bg_model=settings.bg_model)
+        return cls(encoder, store, bg_model=settings.bg_model, bg_runtime=settings.runtime)
 
     # ---------------------------------------------------------------- indexing
 
@@ -512,6 +518,7 @@ class SearchEngine:
             store=self.store.info(),
             products=stats.product_count(self.store),
             last_indexed=stats.last_indexed(self.store),
+            runtime=getattr(self.encoder, "runtime", "torch"),
         )
 
     def close(self) -> None:

@@ -191,7 +191,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     reports: list[EvalReport] = []
     run_notes: list[str] = []
     for spec in models:
-        encoder = create_encoder(spec, device=settings.device)
+        encoder = create_encoder(spec, device=settings.device, runtime=settings.runtime)
         index_dir = _index_dir(root, encoder.model_id, catalog.path, holdout_seed)
         engine = SearchEngine(encoder, open_store(index_dir, None, None), bg_model=settings.bg_model)
         try:
