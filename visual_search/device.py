@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
+from visual_search.core.config import device_from_env, runtime_from_env
 from visual_search.core.errors import VisualSearchError
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ CPU_DEFAULT_BACKGROUND_RUNTIME = "onnx"
 
 def pick_device(preference: str | None = None) -> str:
     """CUDA when present, else CPU. ``preference`` (or VS_DEVICE) overrides: "cpu", "cuda", "cuda:1", "mps"."""
-    wanted = (preference or os.environ.get("VS_DEVICE") or "auto").strip().lower()
+    wanted = (preference or device_from_env() or "auto").strip().lower()
     if wanted == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -46,7 +46,7 @@ def pick_runtime(requested: str | None, device: str) -> str:
     CUDA (and MPS) keep torch, with fp16 autocast on CUDA (``uses_half_precision``): the ONNX path is a CPU
     path. On the CPU "auto" means CPU_DEFAULT_RUNTIME.
     """
-    wanted = (requested or os.environ.get("VS_RUNTIME") or "auto").strip().lower()
+    wanted = (requested or runtime_from_env() or "auto").strip().lower()
     if wanted not in (*RUNTIMES, "auto"):
         raise VisualSearchError(f"Unknown runtime {wanted!r}; use one of {', '.join(RUNTIMES)} or auto.")
     if not device.startswith("cpu"):
