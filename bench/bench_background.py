@@ -132,14 +132,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "after": BackgroundRemover("u2netp", runtime=args.runtime),
     }
     everything = sorted(SAMPLES.iterdir())
+    calibrated = 0
     paths = everything[:: max(1, len(everything) // args.photos)][: args.photos]
     if args.int8:
         from visual_search.encoders.runtime import _session
 
-        calibration = [p for p in everything if p not in paths][:: max(1, len(everything) // 8)][:8]
+        rest = [p for p in everything if p not in paths]
+        calibration = rest[:: max(1, len(rest) // 8)][:8]
         with tempfile.TemporaryDirectory(prefix="bench-bg-int8-") as tmp:
             _, ms, _ = timed(lambda: int8_model(model_file, calibration, Path(tmp)))
             log(f"int8: quantized in {ms / 1000:.0f} s on {len(calibration)} calibration photos")
+            calibrated = len(calibration)
             removers["int8"] = BackgroundRemover("u2netp", runtime="onnx")
             removers["int8"].session().inner_session = _session(Path(tmp) / "u2netp-int8.onnx")
     for name, remover in removers.items():
@@ -181,6 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": model,
         "iou": ious,
         "int8_iou": int8_ious,
+        "calibrated": calibrated,
     }
 
 
@@ -238,7 +242,8 @@ def report(args: argparse.Namespace, info: dict[str, Any], res: dict[str, Any]) 
         passed = q.min() >= 0.95
         table_end = max(i for i, line in enumerate(lines) if line.startswith("| after:"))
         lines.insert(
-            table_end + 1, row("int8", "static int8 u2netp (QDQ, 8 calibration photos), same pipeline")
+            table_end + 1,
+            row("int8", f"static int8 u2netp (QDQ, {res['calibrated']} calibration photos), same pipeline"),
         )
         lines += [
             f"int8 (`--int8`): bare model {m32 / m8:.2f}x faster than fp32 ({m8:.0f} vs {m32:.0f} ms p50), mask IoU "
