@@ -144,3 +144,23 @@ def test_pick_background_runtime_follows_vs_runtime(monkeypatch: pytest.MonkeyPa
     assert pick_background_runtime(None) == "rembg"
     with pytest.raises(VisualSearchError, match="Unknown runtime 'fast'"):
         pick_background_runtime("fast")
+
+
+def test_engine_passes_the_runtime_setting_and_status_shows_the_encoder_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from visual_search.core.config import Settings
+    from visual_search.engine import SearchEngine
+
+    monkeypatch.delenv("VS_RUNTIME", raising=False)
+    engine = SearchEngine.from_settings(
+        Settings(model="test:tiny", device="cpu", data_dir=tmp_path, runtime="torch")
+    )
+    try:
+        assert engine.background_remover.requested_runtime == "torch"
+        assert engine.background_remover.device == "cpu"
+        assert engine.status().runtime == "torch"
+        monkeypatch.setattr(engine.encoder, "runtime", "onnx-int8")
+        assert engine.status().runtime == "onnx-int8"
+    finally:
+        engine.close()

@@ -68,7 +68,7 @@ def pick_background_runtime(requested: str | None, device: str = "cpu") -> str:
     reference), "onnx"/"onnx-int8" ask for the tuned session, "auto" means CPU_DEFAULT_BACKGROUND_RUNTIME.
     Off the CPU rembg's own session stays: it picks the CUDA execution provider itself when one is there.
     """
-    wanted = (requested or os.environ.get("VS_RUNTIME") or "auto").strip().lower()
+    wanted = (requested or runtime_from_env() or "auto").strip().lower()
     if wanted not in (*RUNTIMES, "auto"):
         raise VisualSearchError(f"Unknown runtime {wanted!r}; use one of {', '.join(RUNTIMES)} or auto.")
     if not device.startswith("cpu") or wanted == "torch":
