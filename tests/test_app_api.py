@@ -61,7 +61,9 @@ def test_search_image_finds_the_same_product_first(client, ui_app):
     assert first["price"] == 4.5 and first["category"] == "Juices"
     timing = r["latency_ms"]
     assert set(timing) == {"total", "embed", "search"}
-    assert timing["total"] >= timing["embed"] + timing["search"] - 0.02  # parts of the total (2-decimal rounding)
+    assert (
+        timing["total"] >= timing["embed"] + timing["search"] - 0.02
+    )  # parts of the total (2-decimal rounding)
     json.dumps(r)  # JSON-able end to end
 
 
