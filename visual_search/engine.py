@@ -6,6 +6,7 @@ hands out only dataclasses, PIL images and numpy arrays.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -46,6 +47,8 @@ from .images.load import load_image, source_sha256
 from .query_views import MODES as BACKGROUND_MODES
 from .query_views import ObjectBox, QueryView, best_per_product, search_views
 from .store import VectorStore, open_store
+
+log = logging.getLogger(__name__)
 
 # Hashing and decoding are I/O + C code that release the GIL; URL catalogs need more than the core count.
 IO_WORKERS = min(8, (os.cpu_count() or 2) * 2)
@@ -353,6 +356,11 @@ class SearchEngine:
             removed = self._sync(catalog, existing) if sync else 0
             if embedded or removed:
                 self.store.optimize()
+            if self.store.exclusive:  # save the catalog view with the index for later readers
+                try:
+                    stats.catalog_view(self.store)
+                except VisualSearchError as exc:  # the view is recomputed on demand; indexing succeeded
+                    log.warning("catalog summary not saved: %s", exc)
         return IndexReport(
             products=len(catalog.products),
             images=len(catalog.images),
@@ -660,15 +668,16 @@ class SearchEngine:
     # ---------------------------------------------------------------- status
 
     def status(self) -> EngineStatus:
-        """Model, device and index counts from payload-index counts (stats.py), never a scan:
-        ``info`` and the Catalog tab answer at once on a 1M-point index."""
+        """Model, device and index counts from the summary saved at index time or payload-index
+        counts (stats.py), never a scan: ``info`` answers at once on a 1M-point index."""
+        products, last = stats.index_status(self.store)
         return EngineStatus(
             model_id=self.encoder.model_id,
             device=self.encoder.device,
             supports_text=self.encoder.supports_text,
             store=self.store.info(),
-            products=stats.product_count(self.store),
-            last_indexed=stats.last_indexed(self.store),
+            products=products,
+            last_indexed=last,
             runtime=getattr(self.encoder, "runtime", "torch"),
         )
 
