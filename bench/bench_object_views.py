@@ -14,6 +14,22 @@ a cut-out catalog image. This measures it before the engine grows the feature:
 
     U2NET_HOME=~/.cache/visual_search_test_assets/u2net OMP_NUM_THREADS=2 \\
     python bench/bench_object_views.py --n 32 --seeds 0,1 --holdout --out /tmp/object_views.md
+
+Measured (timm:efficientnet_lite0, sample catalog, 2 shared cores at load ~12), R@1 / R@10 of ``auto``:
+
+=====================  ===============  ===============  =================
+index                  seed 0 (96 q)    seed 1 (96 q)    holdout (21 q)
+=====================  ===============  ===============  =================
+plain                  0.771 / 0.938    0.729 / 0.927    0.095 / 0.810
+plain + object views   0.781 / 0.948    0.781 / 0.948    0.095 / 0.714
+=====================  ===============  ===============  =================
+
+``off`` loses clutter on seed 0 (0.188 -> 0.094) and gains close-up on seed 1 (0.781 -> 0.906).
+Cost: 2x the points and one u2netp pass + one embedding per catalog image (+248 s on top of a 26 s
+plain index of 96 images here, under heavy contention; ~170 ms/image u2netp when the cores are free).
+Verdict: a small, inconsistent gain (+1 and +5 queries of 96, -2 of 21 at R@10 on held-out photos)
+for a large indexing cost, so ``SearchEngine(object_views=...)`` / ``index --object-views`` stays OFF
+by default.
 """
 
 from __future__ import annotations
