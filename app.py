@@ -115,18 +115,11 @@ def ensure_indexed(engine, catalog: Path | None) -> None:
             f"Index is empty and {catalog} does not exist; import a catalog in the Catalog tab.", flush=True
         )
         return
-    from tqdm import tqdm
+    from visual_search.core.io import progress_bar
 
     print(f"First start: indexing {catalog} with {model_id} …", flush=True)
-    bar = tqdm(total=0, unit="img", desc="Indexing catalog", file=sys.stdout, dynamic_ncols=True)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    report = engine.index_catalog(catalog, progress=progress)
-    bar.close()
+    with progress_bar("Indexing catalog", "img", file=sys.stdout, dynamic_ncols=True) as progress:
+        report = engine.index_catalog(catalog, progress=progress)
     print(f"Indexed: {report.summary()}", flush=True)
     for issue in report.issues[:20]:
         print(f"  skipped {issue}", flush=True)

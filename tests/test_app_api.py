@@ -59,7 +59,11 @@ def test_search_image_finds_the_same_product_first(client, ui_app):
     first = r["results"][0]
     assert {"title", "price", "category", "brand", "image_url", "score"} <= set(first)
     assert first["price"] == 4.5 and first["category"] == "Juices"
-    assert r["latency_ms"]["total"] > 0
+    timing = r["latency_ms"]
+    assert set(timing) == {"total", "embed", "search"}
+    assert (
+        timing["total"] >= timing["embed"] + timing["search"] - 0.02
+    )  # parts of the total (2-decimal rounding)
     json.dumps(r)  # JSON-able end to end
 
 
@@ -304,7 +308,7 @@ def test_searches_and_feedback_are_logged_without_photos(client, ui_app):
     searches = [e for e in events if e["event"] == "search"]
     assert searches and searches[-1]["mode"] == "image"
     assert searches[-1]["result_ids"][0] == "paint-navy"
-    assert searches[-1]["latency_ms"] > 0
+    assert isinstance(searches[-1]["latency_ms"], float)
     assert searches[-1]["photo_path"] is None
     assert not (ui_app.data_dir / "analytics" / "photos").exists()
 

@@ -128,7 +128,7 @@ def test_the_walk_sees_the_package() -> None:
     assert {"visual_search.engine", "visual_search.cli.main", "visual_search.ui.app"} <= set(graph)
     assert "visual_search.engine" in graph["visual_search.cli.search"]
     assert "gradio" in {_top(m) for m in _imports("visual_search.ui.app", True)}
-    assert "torch" in {_top(m) for m in _imports("visual_search.training.finetune", True)}
+    assert "torch" in {_top(m) for m in _imports("visual_search.training.finetune.loop", True)}
 
 
 def test_cycle_finder_finds_a_cycle() -> None:

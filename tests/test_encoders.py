@@ -8,7 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
-import time
+import threading
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-from visual_search import encoders
 from visual_search.core.errors import ModelUnavailableError, UnsupportedQueryError
-from visual_search.encoders import create_encoder
+from visual_search.encoders import create_encoder, weights
+from visual_search.encoders.openclip_models import TINY_CONFIG_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 CATALOG_IMAGES = REPO / "sample_catalog" / "images"
@@ -191,7 +192,9 @@ def test_tiny_checkpoint_file_and_local_dir_load_the_same_model(tiny_encoder, tm
 
     folder = tmp_path / "tiny_dir"
     folder.mkdir()
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": encoders._TINY_CONFIG}))
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": json.loads(TINY_CONFIG_FILE.read_text())})
+    )
     save_file(state, str(folder / "open_clip_model.safetensors"))
     from_dir = create_encoder(f"local-dir:{folder}", device=tiny_encoder.device)
     np.testing.assert_allclose(from_dir.embed_images(images), expected, atol=_tolerance(tiny_encoder))
@@ -307,12 +310,10 @@ def test_no_network_fails_fast_with_a_local_checkpoint_hint(monkeypatch, tmp_pat
     import open_clip.pretrained
 
     downloads: list[str] = []
-    monkeypatch.setattr(encoders, "_can_reach", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(weights, "can_reach", lambda url, timeout=3.0: False)
     monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", lambda **kw: downloads.append(kw["repo_id"]))
-    started = time.monotonic()
     with pytest.raises(ModelUnavailableError) as err:
         create_encoder("ViT-B-32", device="cpu", cache_dir=str(tmp_path))  # default tag
-    assert time.monotonic() - started < 5
     message = str(err.value)
     assert (
         "Could not download weights for ViT-B-32 (laion2b_s34b_b79k): no network access to huggingface.co"
@@ -330,27 +331,61 @@ def test_failed_download_is_reported_without_retry_storm(monkeypatch, tmp_path: 
     import open_clip.pretrained
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    calls: list[str] = []
+
     def offline(**kwargs):
+        calls.append(f"{kwargs['repo_id']}/{kwargs['filename']}")
         raise LocalEntryNotFoundError(
             "An error happened while trying to locate the file on the Hub and we cannot find the requested "
             "files in the local cache. Please check your connection and try again."
         )
 
-    monkeypatch.setattr(encoders, "_can_reach", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(weights, "can_reach", lambda url, timeout=3.0: True)
     monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", offline)
-    started = time.monotonic()
     with pytest.raises(ModelUnavailableError) as err:
         create_encoder("ViT-B-32@laion2b_s34b_b79k", device="cpu", cache_dir=str(tmp_path))
-    assert time.monotonic() - started < 5
+    # each candidate file asked for once, then reported: no retry loop of our own
+    assert calls and len(calls) == len(set(calls))
+    assert all(c.startswith("laion/CLIP-ViT-B-32-laion2B-s34B-b79K/") for c in calls)
     message = str(err.value)
     assert message.startswith("Could not load weights for ViT-B-32 (laion2b_s34b_b79k)")
     assert "download from huggingface.co failed" in message and "--model ViT-B-32@/path/to/" in message
 
 
-def test_connectivity_probe_is_bounded() -> None:
-    started = time.monotonic()
-    encoders._can_reach("https://huggingface.co", timeout=1.0)  # either answer is fine here
-    assert time.monotonic() - started < 3
+def test_connectivity_probe_answers_from_the_connect(monkeypatch) -> None:
+    """The probe says what a TCP connect to the URL's host said; a connect (or name lookup) that never
+    finishes counts as unreachable once the timeout passes. The socket layer is stubbed: no network."""
+    import socket
+
+    seen: list[tuple[str, int]] = []
+
+    class Connected:
+        def close(self) -> None:
+            pass
+
+    def connects(address, timeout=None):
+        seen.append(address)
+        return Connected()
+
+    def refused(address, timeout=None):
+        raise ConnectionRefusedError(111, "refused")
+
+    never = threading.Event()
+
+    def hangs(address, timeout=None):
+        never.wait()  # a lookup that never returns: only the probe's own deadline ends the wait
+
+    monkeypatch.setattr(urllib.request, "getproxies", lambda: {})
+    monkeypatch.setattr(socket, "create_connection", connects)
+    assert weights.can_reach("https://127.0.0.1/repo", timeout=0.2) is True
+    assert seen == [("127.0.0.1", 443)]
+    monkeypatch.setattr(socket, "create_connection", refused)
+    assert weights.can_reach("http://127.0.0.1:8/", timeout=0.2) is False
+    monkeypatch.setattr(socket, "create_connection", hangs)
+    try:
+        assert weights.can_reach("http://127.0.0.1:8/", timeout=0.1) is False
+    finally:
+        never.set()
 
 
 def test_cached_hub_weights_load_without_network(tiny_encoder, monkeypatch, tmp_path: Path) -> None:
@@ -364,18 +399,18 @@ def test_cached_hub_weights_load_without_network(tiny_encoder, monkeypatch, tmp_
     snapshot.mkdir(parents=True)
     (repo_dir / "refs").mkdir()
     (repo_dir / "refs" / "main").write_text(revision)
-    (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": encoders._TINY_CONFIG}))
+    (snapshot / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": json.loads(TINY_CONFIG_FILE.read_text())})
+    )
     state = {k: v.detach().cpu().contiguous() for k, v in tiny_encoder.model.state_dict().items()}
     save_file(state, str(snapshot / "open_clip_model.safetensors"))
 
     def no_network(*args, **kwargs):
         raise AssertionError("the network was used although the weights are cached")
 
-    monkeypatch.setattr(encoders, "_can_reach", no_network)
+    monkeypatch.setattr(weights, "can_reach", no_network)
     offline_before = constants.HF_HUB_OFFLINE
-    started = time.monotonic()
     encoder = create_encoder("hf-hub:acme/tiny-clip", device=tiny_encoder.device, cache_dir=str(tmp_path))
-    assert time.monotonic() - started < 10  # huggingface_hub's retries alone would take ~25 s here
     assert constants.HF_HUB_OFFLINE is offline_before  # offline mode only for the load
     assert encoder.model_id == "hf-hub:acme/tiny-clip"
     images = _noise_images(2)

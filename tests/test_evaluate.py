@@ -205,7 +205,10 @@ def test_real_features_find_synthetic_shopper_photos(real_report: EvalReport) ->
     assert sum(m.n for m in real_report.per_category.values()) == 21
     assert len(real_report.per_category) >= 6
     lat = real_report.latency
-    assert 0 < lat.embed_p50_ms <= lat.embed_p95_ms and 0 < lat.search_p50_ms <= lat.search_p95_ms
+    timed = [r for r in real_report.queries if r.error is None]
+    assert lat.embed_p50_ms == percentile([r.embed_ms for r in timed], 50)
+    assert lat.search_p95_ms == percentile([r.search_ms for r in timed], 95)
+    assert lat.embed_p50_ms <= lat.embed_p95_ms and lat.search_p50_ms <= lat.search_p95_ms
     assert lat.total_p50_ms >= lat.embed_p50_ms
     assert all(
         r.rank is None or r.rank > 10 or r.retrieved[r.rank - 1] == r.expected[0] for r in real_report.queries
@@ -279,7 +282,14 @@ def test_cli_evaluate_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     assert report["query_set"]["synthetic"] and report["query_set"]["size"] == 6
     (row,) = report["reports"]
     assert row["model_id"] == "test:tiny@random-seed0" and row["n_queries"] == 6
-    assert 0 <= row["overall"]["recall_at_10"] <= 1 and row["latency"]["embed_p50_ms"] > 0
+    per_query = row["queries"]
+    assert len(per_query) == 6
+    assert row["overall"]["recall_at_10"] == pytest.approx(
+        sum(q["recall_at_10"] for q in per_query) / 6, abs=1e-5
+    )
+    assert row["latency"]["embed_p50_ms"] == pytest.approx(
+        percentile([q["embed_ms"] for q in per_query], 50), abs=1e-5
+    )
     md = (tmp_path / "r.md").read_text()
     assert "| test:tiny@random-seed0 | off | 6 (synthetic) |" in md and md in out.stdout
 

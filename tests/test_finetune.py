@@ -31,6 +31,8 @@ from visual_search.training.finetune import (
     product_text,
     split_products,
 )
+from visual_search.training.finetune import run as finetune_run
+from visual_search.training.finetune import timm_contrastive as tc
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 210), "yellow": (240, 210, 30)}
 SHAPES = ("circle", "square")
@@ -230,17 +232,17 @@ def test_resume_continues_from_the_saved_epoch(
     trained: ft.FinetuneResult, shapes_catalog: Path, tmp_path: Path, monkeypatch
 ) -> None:
     out = tmp_path / "interrupted"
-    real_prune = ft._prune_epochs
+    real_prune = finetune_run.prune_epochs
 
     def stop_after_first_epoch(folder: Path, epoch: int, keep) -> None:
         real_prune(folder, epoch, keep)
         if epoch == 1:
             raise KeyboardInterrupt  # like Ctrl-C right after the epoch's checkpoints were written
 
-    monkeypatch.setattr(ft, "_prune_epochs", stop_after_first_epoch)
+    monkeypatch.setattr(finetune_run, "prune_epochs", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         finetune(_config(shapes_catalog, out), progress=False, log=lambda m: None)
-    monkeypatch.setattr(ft, "_prune_epochs", real_prune)
+    monkeypatch.setattr(finetune_run, "prune_epochs", real_prune)
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1 and not (out / "epoch_2.pt").exists()
 
     messages: list[str] = []
@@ -269,15 +271,7 @@ def test_resume_and_out_dir_guards(trained: ft.FinetuneResult, shapes_catalog: P
     assert (config.lr, config.epochs) == (1e-3, 2) and result.trained_epochs == 0
 
 
-def test_image_only_and_tiny_catalogs_are_refused(
-    shapes_catalog: Path, tmp_path: Path, efficientnet_weights
-) -> None:
-    with pytest.raises(FinetuneError, match="image-only"):
-        finetune(
-            _config(shapes_catalog, tmp_path / "a", model=f"timm:efficientnet_lite0@{efficientnet_weights}"),
-            progress=False,
-            log=lambda m: None,
-        )
+def test_tiny_catalogs_are_refused(shapes_catalog: Path, tmp_path: Path) -> None:
     small = tmp_path / "small.csv"
     folder = shapes_catalog.parent
     small.write_text(f"product_id,image\na,{folder / 'red-circle.png'}\nb,{folder / 'blue-square.png'}\n")
@@ -347,3 +341,189 @@ def test_cli_finetune_prints_the_model_spec(shapes_catalog: Path, tmp_path: Path
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
     assert main(["finetune", str(shapes_catalog), "--out", str(out)]) == 2  # neither --model nor --resume
     assert "--model" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ timm
+# Image-only backbones: image-to-image SupCon (training/finetune/timm_contrastive.py) with the real
+# EfficientNet-Lite0 weights on the shapes catalog; 4 images per batch, a few seconds per epoch.
+
+
+def _timm_config(catalog: Path, out: Path, weights: Path, **overrides) -> tc.TimmFinetuneConfig:
+    values = dict(
+        catalog=catalog,
+        model=f"timm:efficientnet_lite0@{weights}",
+        out_dir=out,
+        epochs=2,
+        batch_size=4,
+        lr=1e-3,
+        val_fraction=0.25,
+        seed=0,
+        device="cpu",
+        workers=0,
+    )
+    values.update(overrides)
+    return tc.TimmFinetuneConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def timm_run(shapes_catalog, tmp_path_factory, efficientnet_weights) -> ft.FinetuneResult:
+    out = tmp_path_factory.mktemp("timm") / "out"
+    return finetune(
+        _timm_config(shapes_catalog, out, efficientnet_weights), progress=False, log=lambda m: None
+    )
+
+
+def _timm_model(state: dict[str, torch.Tensor] | None, weights: Path) -> torch.nn.Module:
+    """A plain headless timm model with ``state`` loaded strictly (independent of the app's loader)."""
+    import timm
+
+    from visual_search.encoders import create_encoder
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
+    if state is None:  # the base weights, as the app loads them
+        state = create_encoder(f"timm:efficientnet_lite0@{weights}", device="cpu").model.state_dict()
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def test_supcon_loss_rewards_views_of_one_product_together() -> None:
+    a, b = F.normalize(torch.tensor([1.0, 0.0]), dim=0), F.normalize(torch.tensor([0.0, 1.0]), dim=0)
+    features = torch.stack([a, a, b, b])
+    right = tc.supcon_loss(features, torch.tensor([0, 0, 1, 1]), 0.1)
+    wrong = tc.supcon_loss(features, torch.tensor([0, 1, 0, 1]), 0.1)
+    assert right < 1e-3 and wrong > 5.0
+    # by hand: anchor 0 has one positive (1); its denominator runs over 1, 2, 3
+    x = F.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    labels = torch.tensor([0, 0, 1, 2, 2])  # sample 2 has no positive: it only serves as a negative
+    s = x @ x.T / 0.5
+    expected = []
+    for i, j in [(0, 1), (1, 0), (3, 4), (4, 3)]:
+        others = [k for k in range(5) if k != i]
+        expected.append(-(s[i, j] - torch.logsumexp(s[i, others], dim=0)))
+    assert torch.allclose(tc.supcon_loss(x, labels, 0.5), torch.stack(expected).mean(), atol=1e-5)
+    with pytest.raises(FinetuneError, match="positives"):
+        tc.supcon_loss(x[:3], torch.tensor([0, 1, 2]), 0.5)
+
+
+def test_only_the_last_stages_and_the_head_train(efficientnet_weights) -> None:
+    model = _timm_model(None, efficientnet_weights)
+    trainable = {id(p) for p in tc.trainable_parameters(model, 2)}
+    for name, param in model.named_parameters():
+        late = name.startswith(("blocks.5.", "blocks.6.", "conv_head.", "bn2."))
+        assert param.requires_grad == late and (id(param) in trainable) == late, name
+    assert len(tc.trainable_parameters(model, 0)) == len(list(model.parameters()))
+
+
+def test_timm_spec_keeps_the_architecture(tmp_path: Path) -> None:
+    ckpt = tmp_path / "best.pt"
+    assert (
+        tc.timm_spec("timm:efficientnet_lite0@/w/efficientnet_lite0.pth", ckpt)
+        == f"timm:efficientnet_lite0@{ckpt}"
+    )
+    assert tc.timm_spec("timm:efficientnet_lite0", ckpt) == f"timm:efficientnet_lite0@{ckpt}"
+    assert tc.timm_spec("timm:convnext_tiny@in12k", ckpt) == f"timm:convnext_tiny.in12k@{ckpt}"
+
+
+def test_timm_run_trains_the_late_stages_and_keeps_batchnorm_statistics(
+    timm_run: ft.FinetuneResult, efficientnet_weights
+) -> None:
+    out = timm_run.out_dir
+    for name in ("epoch_1.pt", "epoch_2.pt", "last.pt", "best.pt", "run.json"):
+        assert (out / name).is_file(), name
+    base = _timm_model(None, efficientnet_weights).state_dict()
+    state = _state(timm_run.best_path)
+    assert state.keys() == base.keys()
+    changed = {k for k in state if not torch.equal(state[k], base[k])}
+    assert changed and all(k.startswith(("blocks.5.", "blocks.6.", "conv_head.", "bn2.")) for k in changed)
+    assert any(k.startswith("blocks.5.") for k in changed) and "conv_head.weight" in changed
+    assert not any("running_" in k for k in changed)  # BatchNorm statistics stay the pretrained ones
+    last = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert last["format"] == ft.CHECKPOINT_FORMAT and last["epoch"] == 2
+    assert last["config"]["temperature"] == 0.1 and last["config"]["train_blocks"] == 2
+    run = json.loads((out / "run.json").read_text())
+    assert run["spec"] == timm_run.spec and run["baseline"]["n_queries"] == 2 * 3  # 2 val products x 3 kinds
+    assert set(timm_run.train_products).isdisjoint(timm_run.val_products)
+
+
+def test_timm_checkpoint_reloads_with_embeddings_equal_to_the_trained_model(
+    timm_run: ft.FinetuneResult, shapes_catalog: Path, efficientnet_weights
+) -> None:
+    assert timm_run.spec == f"timm:efficientnet_lite0@{timm_run.best_path}"
+    base = create_encoder(f"timm:efficientnet_lite0@{efficientnet_weights}", device="cpu")
+    tuned = create_encoder(timm_run.spec, device="cpu")
+    assert "sha256:" in tuned.model_id and tuned.model_id != base.model_id  # an index cannot mix them
+    photos = [
+        Image.open(p.images[0].source).convert("RGB") for p in read_catalog(shapes_catalog).products[:4]
+    ]
+    trained = _timm_model(_state(timm_run.out_dir / f"epoch_{timm_run.best_epoch}.pt"), efficientnet_weights)
+    with torch.no_grad():
+        expected = F.normalize(trained(torch.stack([tuned.preprocess(p) for p in photos])), dim=-1).numpy()
+    np.testing.assert_allclose(tuned.embed_images(photos), expected, atol=1e-5)
+    assert np.abs(tuned.embed_images(photos) - base.embed_images(photos)).max() > 1e-3
+
+
+def test_timm_resume_continues_exactly(
+    timm_run: ft.FinetuneResult, shapes_catalog: Path, tmp_path: Path, efficientnet_weights, monkeypatch
+) -> None:
+    out = tmp_path / "interrupted"
+    real_prune = tc.prune_epochs
+
+    def stop_after_first_epoch(folder: Path, epoch: int, keep) -> None:
+        real_prune(folder, epoch, keep)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tc, "prune_epochs", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_timm_config(shapes_catalog, out, efficientnet_weights), progress=False, log=lambda m: None)
+    monkeypatch.setattr(tc, "prune_epochs", real_prune)
+    assert not (out / "epoch_2.pt").exists()
+    messages: list[str] = []
+    config = _timm_config(shapes_catalog, out, efficientnet_weights, resume=True, temperature=0.5)
+    resumed = finetune(config, progress=False, explicit={"model"}, log=messages.append)
+    assert config.temperature == 0.1  # not set explicitly: the saved run's value
+    assert resumed.trained_epochs == 1 and any("after epoch 1" in m for m in messages)
+    straight, continued = _state(timm_run.last_path), _state(resumed.last_path)
+    assert all(torch.equal(straight[k], continued[k]) for k in straight)
+    with pytest.raises(FinetuneError, match="temperature=0.5"):
+        finetune(
+            _timm_config(shapes_catalog, out, efficientnet_weights, resume=True, temperature=0.5),
+            progress=False,
+            log=lambda m: None,
+        )
+
+
+def test_best_by_validation_keeps_the_better_epoch(
+    shapes_catalog: Path, tmp_path: Path, efficientnet_weights, monkeypatch, capsys
+) -> None:
+    """Scripted validation: base 0.5, epoch 1 0.6, epoch 2 0.9, epoch 3 0.7 -> best.pt is epoch 2,
+    neither the first improvement nor the last epoch."""
+    script = iter([0.5, 0.6, 0.9, 0.7])
+
+    def scripted(self, encoder, text_features=None) -> ft.ValMetrics:
+        r10 = next(script)
+        return ft.ValMetrics(r10, r10 / 2, 0.0, 0.0, self.n_queries)
+
+    monkeypatch.setattr(tc.ImageValidator, "__call__", scripted)
+    out = tmp_path / "cli"
+    argv = ["finetune", str(shapes_catalog), "--model", f"timm:efficientnet_lite0@{efficientnet_weights}"]
+    argv += [
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--val-fraction",
+        "0.25",
+    ]
+    assert main([*argv, "--workers", "0", "--device", "cpu", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"--model timm:efficientnet_lite0@{out / 'best.pt'}" in printed and "best epoch 2" in printed
+    best = _state(out / "best.pt")
+    assert all(torch.equal(best[k], v) for k, v in _state(out / "epoch_2.pt").items())
+    assert not all(torch.equal(best[k], v) for k, v in _state(out / "epoch_3.pt").items())
+    run = json.loads((out / "run.json").read_text())
+    assert run["best_epoch"] == 2 and [h["best"] for h in run["history"]] == [True, True, False]

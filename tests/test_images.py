@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from visual_search.core.errors import ImageError
 from visual_search.images.background import BackgroundRemoval, BackgroundRemovalUnavailable, BackgroundRemover
@@ -344,15 +344,23 @@ def test_concurrent_large_decodes_run_one_at_a_time(monkeypatch: pytest.MonkeyPa
     assert 1 <= len(trims) <= 4  # memory handed back at least once, after the wave
 
 
-def test_big_jpeg_is_downscaled_fast() -> None:
+def test_big_jpeg_is_decoded_at_reduced_scale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 24 MP JPEG is never decoded at full size: libjpeg's draft mode decodes it at 1/4 scale
+    (speed is measured in bench/, not here)."""
     img = Image.linear_gradient("L").resize((6000, 4000)).convert("RGB")
     data = _encode(img, "JPEG", quality=85)
-    started = time.perf_counter()
+    decoded: list[tuple[int, int]] = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy_load(self):
+        decoded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy_load)
     out = load_image(data)
-    elapsed = time.perf_counter() - started
     assert out.size == (EMBED_MAX_SIDE, 683)
     assert out.mode == "RGB"
-    assert elapsed < 2.0, f"draft-mode decode should be quick, took {elapsed:.2f}s"
+    assert decoded and decoded[0] == (1500, 1000)
 
 
 def test_long_png_downscaled_and_small_images_not_upscaled() -> None:
@@ -652,7 +660,6 @@ def test_remove_on_large_gradient_photo_maps_mask_back(remover: BackgroundRemove
     assert result.mask.size == (1600, 1200)
     assert result.bbox is not None
     assert _iou(result.bbox, tuple(4 * v for v in MUG_BOX)) > 0.7, result.bbox
-    assert result.seconds < 10
 
 
 def test_remove_plain_photo_falls_back_to_whole_photo(remover: BackgroundRemover) -> None:
@@ -676,13 +683,16 @@ def test_remove_accepts_rgba_and_leaves_it_alone(remover: BackgroundRemover) -> 
 def test_unavailable_model_fails_fast_with_instructions(
     model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import rembg
+
     monkeypatch.setenv("U2NET_HOME", str(tmp_path))
+    sessions: list[str] = []
+    monkeypatch.setattr(rembg, "new_session", lambda name, *a, **k: sessions.append(name))
     remover = BackgroundRemover(model)
     assert remover.available is False
-    started = time.perf_counter()
     with pytest.raises(BackgroundRemovalUnavailable) as info:
         remover.remove(_mug_photo())
-    assert time.perf_counter() - started < 3
+    assert sessions == []  # refused from the missing file alone: no session, so no download attempt
     message = str(info.value)
     assert f"'{model}'" in message and f"{model}.onnx" in message
     assert str(tmp_path) in message and "U2NET_HOME" in message

@@ -273,7 +273,6 @@ def test_every_query_path_refuses_an_index_of_another_model(tiny_encoder, tiny_i
             "image": lambda: engine.search(image=photo),
             "text": lambda: engine.search(text="a mug"),
             "image+text": lambda: engine.search(image=photo, text="a mug", text_weight=0.3),
-            "search_by_image": lambda: engine.search_by_image(photo),
             "search_by_text": lambda: engine.search_by_text("a mug"),
             "more-like-this": lambda: engine.more_like_this(pid),
             "recommend": lambda: engine.recommend([pid], []),

@@ -22,9 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import secrets
-import tempfile
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -37,6 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from .core.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -348,17 +348,7 @@ def _timestamp(line: str) -> datetime | None:
 
 
 def _write_lines_atomic(path: Path, lines: list[str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write("".join(line + "\n" for line in lines).encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def _plain_filters(filters: Any) -> Any:

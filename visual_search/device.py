@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
+from visual_search.core.config import device_from_env, runtime_from_env
 from visual_search.core.errors import VisualSearchError
 
 log = logging.getLogger(__name__)
@@ -19,9 +19,18 @@ RUNTIMES = ("torch", "onnx", "onnx-int8")
 CPU_DEFAULT_RUNTIME = "onnx-int8"
 
 
+BACKGROUND_RUNTIMES = ("rembg", "onnx", "onnx-int8")
+# Background removal (u2netp) always runs on ONNX Runtime; what changes is how (bench/RESULTS.md "Background
+# removal", visual_search/images/background.py): "rembg" is rembg's own session (its default options: worker
+# threads spin between runs), "onnx" the same model and pre/post-processing on this app's session options
+# (visual_search.encoders.runtime.session_options: threads = cores, graph optimisation ALL, no spinning).
+# int8 (static, calibrated on catalog photos) failed the mask IoU >= 0.95 guard, so "onnx-int8" runs "onnx".
+CPU_DEFAULT_BACKGROUND_RUNTIME = "onnx"
+
+
 def pick_device(preference: str | None = None) -> str:
     """CUDA when present, else CPU. ``preference`` (or VS_DEVICE) overrides: "cpu", "cuda", "cuda:1", "mps"."""
-    wanted = (preference or os.environ.get("VS_DEVICE") or "auto").strip().lower()
+    wanted = (preference or device_from_env() or "auto").strip().lower()
     if wanted == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -37,7 +46,7 @@ def pick_runtime(requested: str | None, device: str) -> str:
     CUDA (and MPS) keep torch, with fp16 autocast on CUDA (``uses_half_precision``): the ONNX path is a CPU
     path. On the CPU "auto" means CPU_DEFAULT_RUNTIME.
     """
-    wanted = (requested or os.environ.get("VS_RUNTIME") or "auto").strip().lower()
+    wanted = (requested or runtime_from_env() or "auto").strip().lower()
     if wanted not in (*RUNTIMES, "auto"):
         raise VisualSearchError(f"Unknown runtime {wanted!r}; use one of {', '.join(RUNTIMES)} or auto.")
     if not device.startswith("cpu"):
@@ -50,3 +59,18 @@ def pick_runtime(requested: str | None, device: str) -> str:
 def uses_half_precision(device: str) -> bool:
     """Autocast to fp16 on CUDA only; CPU stays float32 (fp16 on CPU is slow and lossy)."""
     return device.startswith("cuda")
+
+
+def pick_background_runtime(requested: str | None, device: str = "cpu") -> str:
+    """How background removal runs: "rembg", "onnx" or "onnx-int8", from the app's runtime setting.
+
+    ``requested`` is the app's --runtime (or VS_RUNTIME): "torch" keeps rembg's own session (the exact
+    reference), "onnx"/"onnx-int8" ask for the tuned session, "auto" means CPU_DEFAULT_BACKGROUND_RUNTIME.
+    Off the CPU rembg's own session stays: it picks the CUDA execution provider itself when one is there.
+    """
+    wanted = (requested or runtime_from_env() or "auto").strip().lower()
+    if wanted not in (*RUNTIMES, "auto"):
+        raise VisualSearchError(f"Unknown runtime {wanted!r}; use one of {', '.join(RUNTIMES)} or auto.")
+    if not device.startswith("cpu") or wanted == "torch":
+        return "rembg"
+    return CPU_DEFAULT_BACKGROUND_RUNTIME if wanted == "auto" else wanted

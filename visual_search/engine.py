@@ -37,7 +37,6 @@ from .core.errors import (
     ImageError,
     InvalidQueryError,
     ModelMismatchError,
-    UnsupportedQueryError,
     VisualSearchError,
 )
 from .core.types import (
@@ -220,17 +219,29 @@ class EngineStatus:
     store: CollectionInfo
     products: int
     last_indexed: str | None
+    runtime: str = "torch"  # what runs the encoder: torch, onnx, onnx-int8 (or onnx-mixed)
 
 
 class SearchEngine:
     """One per process: loading the model is the expensive part, searches are thread-safe."""
 
+    data_dir: Path | None = None  # where calibration.json lives (set by from_settings)
+
     def __init__(
-        self, encoder: Encoder, store: VectorStore, bg_model: str = "u2netp", *, object_views: bool = False
+        self,
+        encoder: Encoder,
+        store: VectorStore,
+        bg_model: str = "u2netp",
+        bg_runtime: str | None = None,
+        *,
+        object_views: bool = False,
     ) -> None:
         self.encoder = encoder
         self.store = store
-        self.background_remover = BackgroundRemover(bg_model)
+        # bg_runtime: the app's runtime setting; device.pick_background_runtime maps it at first use.
+        self.background_remover = BackgroundRemover(
+            bg_model, runtime=bg_runtime, device=str(getattr(encoder, "device", "cpu"))
+        )
         # Index a second point per catalog image holding its cut-out. OFF by default: measured R@1
         # of the auto photo query +0.010 / +0.052 on two SYNTHETIC sets and R@10 -0.095 on held-out
         # photos, for 2x the points and a u2netp pass per image (bench/bench_object_views.py).
@@ -269,7 +280,22 @@ class SearchEngine:
         except BaseException:
             store.close()  # release the data-dir lock at once, not whenever the store is collected
             raise
-        return cls(encoder, store, bg_model=settings.bg_model)
+        engine = cls(encoder, store, bg_model=settings.bg_model, bg_runtime=settings.runtime)
+        engine.data_dir = Path(settings.data_dir)
+        return engine
+
+    def default_threshold(self) -> float:
+        """The score threshold for this model: calibrated by ``evaluate --calibrate`` (stored beside
+        the index, per model id), else the built-in per-model default (evaluation.calibration)."""
+        from visual_search.evaluation.calibration import default_threshold
+
+        return default_threshold(self.encoder.model_id, self.data_dir)
+
+    def threshold_calibration(self) -> Any:
+        """The stored Calibration for this model (threshold, precision, recall), or None."""
+        from visual_search.evaluation.calibration import load_calibration
+
+        return load_calibration(self.data_dir, self.encoder.model_id)
 
     # ---------------------------------------------------------------- indexing
 
@@ -458,11 +484,8 @@ class SearchEngine:
         text = (text or "").strip() or None
         if image is None and text is None:
             raise VisualSearchError("Give a photo, a text, or both to search.")
-        if text is not None and not self.encoder.supports_text:
-            raise UnsupportedQueryError(
-                f"Model {self.encoder.model_id} embeds images only, so text search is not available; "
-                "search with a photo or use a CLIP model."
-            )
+        if text is not None:
+            self.encoder.require_text()
         if image is not None and text is not None:
             weight = check_query_options(1, None, text_weight).text_weight
             vec = (1.0 - weight) * self.encoder.embed_images([image])[0] + weight * self.encoder.embed_texts(
@@ -570,11 +593,6 @@ class SearchEngine:
         filters = filters or SearchFilters()
         self.check_index_model()
         text = (text or "").strip() or None
-        if text is not None and not self.encoder.supports_text:
-            raise UnsupportedQueryError(
-                f"Model {self.encoder.model_id} embeds images only, so text search is not available; "
-                "search with a photo or use a CLIP model."
-            )
         text_start = time.perf_counter()
         text_vector = self.encoder.embed_texts([text])[0] if text is not None else None
         text_ms = (time.perf_counter() - text_start) * 1000 if text is not None else 0.0
@@ -747,6 +765,7 @@ class SearchEngine:
             store=self.store.info(),
             products=stats.product_count(self.store),
             last_indexed=stats.last_indexed(self.store),
+            runtime=getattr(self.encoder, "runtime", "torch"),
         )
 
     def close(self) -> None:

@@ -14,18 +14,21 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from visual_search.catalog import read_catalog
+from visual_search.catalog import Catalog, read_catalog
 from visual_search.core.config import Settings
 from visual_search.core.errors import VisualSearchError
+from visual_search.core.io import progress_bar
 from visual_search.encoders import create_encoder
 from visual_search.engine import SearchEngine
 from visual_search.evaluation import (
     DEFAULT_DEPTH,
     DEFAULT_PIPELINE,
     EvalReport,
+    QuerySet,
     SourceImage,
     evaluate_engine,
     format_markdown,
@@ -89,6 +92,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         choices=("off", "on", "both"),
         help="today's engine.search without / with / both ways, instead of --pipeline",
     )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="calibrate each model's default score threshold from this run (the first-result score that "
+        "best separates right from wrong answers) and store it in <data-dir>/calibration.json, where "
+        "the app reads it",
+    )
     p.add_argument("--out-json", help="write the full report (per query too) as JSON")
     p.add_argument("--out-md", help="write the Markdown table to this file")
     p.add_argument(
@@ -137,17 +147,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    """The ``evaluate`` subcommand."""
-    from tqdm import tqdm
-
+    """The ``evaluate`` subcommand: build the query set, evaluate each model, print and write reports."""
     started = time.perf_counter()
-    models = args.models or [settings.model]
-    root = Path(settings.data_dir) / "eval"
-    catalog = read_catalog(args.catalog)
-    for issue in catalog.issues:
-        _say(f"catalog: skipped {issue}")
-    index_catalog = catalog
-    holdout_seed = None
     if args.holdout and (args.queries or args.synthetic is not None):
         raise VisualSearchError(
             "--holdout goes with --shopper N or on its own, not with --queries/--synthetic"
@@ -155,109 +156,177 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.remove_background and args.pipeline:
         raise VisualSearchError("Give --pipeline or --remove-background, not both")
     runs = _runs(args)
-    if args.queries:
-        query_set = load_queries(args.queries)
-    elif args.shopper is not None:
-        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-        source: Any = catalog
-        note = ""
-        if args.holdout:
-            index_catalog, held = holdout_queries(catalog, seed=args.seed)
-            holdout_seed = args.seed
-            source = [
-                SourceImage(q.expected[0], 0, str(q.image), q.category)
-                for q in held  # type: ignore[arg-type]
-            ]
-            note = (
-                f"Made from {len(held)} held-out photos (not in the index; holdout seed {args.seed}) "
-                "of the multi-image products."
-            )
-        tag = "-holdout" if args.holdout else ""
-        folder = root / "queries" / f"shopper{tag}-{slug(catalog.path.stem)}-n{args.shopper}-seed{args.seed}"
-        query_set = shopper_queries(
-            source, n=args.shopper, out_dir=folder, seed=args.seed, kinds=kinds,
-            distractors=index_catalog, description=note,
-        )  # fmt: skip
-        _say(f"{len(query_set)} synthetic shopper photos in {folder}")
-    elif args.holdout:
-        index_catalog, query_set = holdout_queries(catalog, seed=args.seed)
-        holdout_seed = args.seed
-    else:
-        n = args.synthetic if args.synthetic is not None else 50
-        folder = root / "queries" / f"synthetic-{slug(catalog.path.stem)}-n{n}-seed{args.seed}"
-        query_set = synthetic_queries(catalog, n=n, out_dir=folder, seed=args.seed)
-        _say(f"{len(query_set)} synthetic shopper photos in {folder}")
-
+    root = Path(settings.data_dir) / "eval"
+    catalog = read_catalog(args.catalog)
+    for issue in catalog.issues:
+        _say(f"catalog: skipped {issue}")
+    plan = _query_plan(args, catalog, root)
     reports: list[EvalReport] = []
     run_notes: list[str] = []
-    for spec in models:
-        encoder = create_encoder(spec, device=settings.device)
-        index_dir = _index_dir(root, encoder.model_id, catalog.path, holdout_seed)
-        engine = SearchEngine(encoder, open_store(index_dir, None, None), bg_model=settings.bg_model)
-        try:
-            index_report = engine.index_catalog(index_catalog, sync=True, batch_size=args.batch_size)
-            _say(f"{encoder.model_id}: index {index_dir}: {index_report.summary()}")
-            for bg, pipeline in runs:
-                if (
-                    pipeline is None
-                    and bg
-                    and not _background_ready(engine, args.remove_background, run_notes)
-                ):
-                    continue  # legacy --remove-background both: no "on" row
-                if pipeline in ("on", "auto") and not engine.background_remover.available:
-                    note = (
-                        f"Background removal is not available: the {pipeline} pipeline searched whole photos."
-                    )
-                    if note not in run_notes:
-                        run_notes.append(note)
-                        _say(note)
-                bar = tqdm(
-                    total=len(query_set),
-                    desc=f"{spec} [{pipeline or ('bg on' if bg else 'bg off')}]",
-                    unit="query",
-                    disable=args.no_progress or None,
-                    file=sys.stderr,
-                )
-
-                def tick(done: int, total: int, bar: Any = bar) -> None:
-                    bar.n = done
-                    bar.refresh()
-
-                report = evaluate_engine(
-                    engine, query_set, bg, depth=args.depth, progress=tick, pipeline=pipeline
-                )
-                bar.close()
-                reports.append(report)
-        finally:
-            engine.close()
-            del engine, encoder
-            gc.collect()
-
+    for spec in args.models or [settings.model]:
+        reports += _evaluate_model(spec, plan, runs, args, settings, root, run_notes)
     markdown = format_markdown(reports)
     if any(r.pipeline for r in reports) and (args.shopper is not None or len(reports) > 1):
         markdown += "\n" + format_pipeline_table(reports)
     if run_notes:
         markdown += "\n" + "\n".join(f"- {note}" for note in run_notes) + "\n"
+    if args.calibrate:
+        markdown += "\n" + calibrate_reports(reports, Path(settings.data_dir))
     print(markdown)
     if args.out_md:
         Path(args.out_md).write_text(markdown, encoding="utf-8")
     if args.out_json:
-        data = {
-            "query_set": {
-                "name": query_set.name,
-                "description": query_set.description,
-                "synthetic": query_set.synthetic,
-                "size": len(query_set),
-                "folder": str(query_set.folder) if query_set.folder else None,
-            },
-            "catalog": str(catalog.path),
-            "command": "python -m visual_search " + " ".join(sys.argv[1:]),
-            "machine": machine_info(),
-            "seconds": round(time.perf_counter() - started, 1),
-            "reports": [r.to_dict() for r in reports],
-        }
-        Path(args.out_json).write_text(json.dumps(data, indent=2), encoding="utf-8")
+        _write_json(Path(args.out_json), plan, reports, time.perf_counter() - started)
     return 0
+
+
+def calibrate_reports(reports: list[EvalReport], data_dir: Path) -> str:
+    """Calibrate and store one threshold per model (from its default-pipeline row when there is
+    one, else its first row); returns a Markdown section saying what was stored."""
+    from visual_search.evaluation.calibration import CalibrationError, calibrate_report, save_calibration
+
+    lines = [
+        "Calibrated score thresholds (stored in calibration.json in the data dir; the app's default):",
+        "",
+        "| model | threshold | precision | recall | wrong let through | from |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    by_model: dict[str, list[EvalReport]] = {}
+    for report in reports:
+        by_model.setdefault(report.model_id, []).append(report)
+    notes = []
+    for model_id, rows in by_model.items():
+        row = next((r for r in rows if r.pipeline == DEFAULT_PIPELINE), rows[0])
+        try:
+            calibration = calibrate_report(row)
+        except CalibrationError as exc:
+            notes.append(f"- {model_id}: not calibrated: {exc}.")
+            continue
+        save_calibration(data_dir, model_id, calibration)
+        _say(f"{model_id}: {calibration.summary()}")
+        lines.append(
+            f"| {model_id} | {calibration.threshold:.3f} | {calibration.precision:.3f} | "
+            f"{calibration.recall:.3f} | {calibration.false_positive_rate:.3f} | {calibration.source} |"
+        )
+    return "\n".join(lines + [""] + notes) + "\n"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What to index (the catalog, or what is left of it after a holdout) and what to ask."""
+
+    catalog: Catalog  # as read: its path keys the index folder
+    index_catalog: Catalog
+    query_set: QuerySet
+    holdout_seed: int | None
+
+
+def _query_plan(args: argparse.Namespace, catalog: Catalog, root: Path) -> _Plan:
+    seed = args.seed
+    if args.queries:
+        return _Plan(catalog, catalog, load_queries(args.queries), None)
+    if args.shopper is not None:
+        return _shopper_plan(args, catalog, root)
+    if args.holdout:
+        index_catalog, query_set = holdout_queries(catalog, seed=seed)
+        return _Plan(catalog, index_catalog, query_set, seed)
+    n = args.synthetic if args.synthetic is not None else 50
+    folder = root / "queries" / f"synthetic-{slug(catalog.path.stem)}-n{n}-seed{seed}"
+    query_set = synthetic_queries(catalog, n=n, out_dir=folder, seed=seed)
+    _say(f"{len(query_set)} synthetic shopper photos in {folder}")
+    return _Plan(catalog, catalog, query_set, None)
+
+
+def _shopper_plan(args: argparse.Namespace, catalog: Catalog, root: Path) -> _Plan:
+    """--shopper N: synthetic shopper photos per kind, from the catalog or (--holdout) held-out photos."""
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    source: Any = catalog
+    index_catalog, holdout_seed, note = catalog, None, ""
+    if args.holdout:
+        index_catalog, held = holdout_queries(catalog, seed=args.seed)
+        holdout_seed = args.seed
+        source = [
+            SourceImage(q.expected[0], 0, str(q.image), q.category)
+            for q in held  # type: ignore[arg-type]
+        ]
+        note = (
+            f"Made from {len(held)} held-out photos (not in the index; holdout seed {args.seed}) "
+            "of the multi-image products."
+        )
+    tag = "-holdout" if args.holdout else ""
+    folder = root / "queries" / f"shopper{tag}-{slug(catalog.path.stem)}-n{args.shopper}-seed{args.seed}"
+    query_set = shopper_queries(
+        source, n=args.shopper, out_dir=folder, seed=args.seed, kinds=kinds,
+        distractors=index_catalog, description=note,
+    )  # fmt: skip
+    _say(f"{len(query_set)} synthetic shopper photos in {folder}")
+    return _Plan(catalog, index_catalog, query_set, holdout_seed)
+
+
+def _evaluate_model(
+    spec: str,
+    plan: _Plan,
+    runs: list[tuple[bool, str | None]],
+    args: argparse.Namespace,
+    settings: Settings,
+    root: Path,
+    run_notes: list[str],
+) -> list[EvalReport]:
+    """Index the catalog with one model (its own index folder, reused across runs), then one report per
+    (background removal, pipeline) run."""
+    encoder = create_encoder(spec, device=settings.device, runtime=settings.runtime)
+    index_dir = _index_dir(root, encoder.model_id, plan.catalog.path, plan.holdout_seed)
+    engine = SearchEngine(encoder, open_store(index_dir, None, None), bg_model=settings.bg_model)
+    reports: list[EvalReport] = []
+    try:
+        index_report = engine.index_catalog(plan.index_catalog, sync=True, batch_size=args.batch_size)
+        _say(f"{encoder.model_id}: index {index_dir}: {index_report.summary()}")
+        for bg, pipeline in runs:
+            if pipeline is None and bg and not _background_ready(engine, args.remove_background, run_notes):
+                continue  # legacy --remove-background both: no "on" row
+            if pipeline in ("on", "auto") and not engine.background_remover.available:
+                _note(
+                    run_notes,
+                    f"Background removal is not available: the {pipeline} pipeline searched whole photos.",
+                )
+            desc = f"{spec} [{pipeline or ('bg on' if bg else 'bg off')}]"
+            with progress_bar(desc, "query", disable=args.no_progress or None, file=sys.stderr) as tick:
+                reports.append(
+                    evaluate_engine(
+                        engine, plan.query_set, bg, depth=args.depth, progress=tick, pipeline=pipeline
+                    )
+                )
+    finally:
+        engine.close()
+        del engine, encoder
+        gc.collect()
+    return reports
+
+
+def _note(run_notes: list[str], note: str) -> None:
+    """A note for the report's footer, said once on stderr as it happens."""
+    if note not in run_notes:
+        run_notes.append(note)
+        _say(note)
+
+
+def _write_json(path: Path, plan: _Plan, reports: list[EvalReport], seconds: float) -> None:
+    query_set = plan.query_set
+    data = {
+        "query_set": {
+            "name": query_set.name,
+            "description": query_set.description,
+            "synthetic": query_set.synthetic,
+            "size": len(query_set),
+            "folder": str(query_set.folder) if query_set.folder else None,
+        },
+        "catalog": str(plan.catalog.path),
+        "command": "python -m visual_search " + " ".join(sys.argv[1:]),
+        "machine": machine_info(),
+        "seconds": round(seconds, 1),
+        "reports": [r.to_dict() for r in reports],
+    }
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 def _runs(args: argparse.Namespace) -> list[tuple[bool, str | None]]:
@@ -286,8 +355,5 @@ def _background_ready(engine: Any, mode: str, run_notes: list[str]) -> bool:
                 f"--remove-background on cannot run. {str(exc).replace(' Search continues without background removal.', '')}"
                 " Use --remove-background off, or install the model."
             ) from None
-        note = f"No background-removal rows: {exc}"
-        if note not in run_notes:
-            run_notes.append(note)
-            _say(note)
+        _note(run_notes, f"No background-removal rows: {exc}")
         return False

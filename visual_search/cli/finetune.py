@@ -1,6 +1,8 @@
-"""``finetune``: fine-tune a CLIP model's image tower on a catalog, then print the --model spec to use.
+"""``finetune``: fine-tune a model on a catalog, then print the --model spec to use.
 
-The training lives in visual_search.training.finetune; this module maps flags onto FinetuneConfig.
+CLIP models: the image tower against product texts (visual_search.training.finetune). Image-only timm
+backbones (``--model timm:NAME@weights``): image-to-image contrastive training of the last stages
+(visual_search.training.finetune.timm_contrastive). This module maps flags onto the config.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import os
 from typing import Any
 
 from visual_search.core.config import Settings
-from visual_search.training.finetune import FinetuneConfig, FinetuneError, finetune
+from visual_search.training.finetune import FinetuneError, finetune
+from visual_search.training.finetune.timm_contrastive import TIMM_DEFAULT_LR, TimmFinetuneConfig
 
 
 def _default_workers() -> int:
@@ -19,17 +22,23 @@ def _default_workers() -> int:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``finetune`` (flags and handler) on the CLI's subparsers."""
-    defaults = FinetuneConfig(catalog="", model="", out_dir="")
+    defaults = TimmFinetuneConfig(catalog="", model="", out_dir="")
     p = sub.add_parser(
         "finetune",
-        help="fine-tune the model's image tower on a catalog (text tower frozen)",
-        description="Fine-tune the vision tower of a CLIP model on catalog (image, product text) pairs. "
-        "Checkpoints go to DIR (epoch_N.pt, last.pt, best.pt); the end prints the --model spec to use.",
+        help="fine-tune the model on a catalog (CLIP: image tower vs texts; timm: image-to-image)",
+        description="Fine-tune the vision tower of a CLIP model on catalog (image, product text) pairs, "
+        "or the last stages of an image-only timm backbone by image-to-image contrast (catalog photos and "
+        "synthetic shopper photos of one product are positives). Checkpoints go to DIR (epoch_N.pt, "
+        "last.pt, best.pt); the end prints the --model spec to use.",
     )
     p.add_argument(
         "catalog", help="catalog CSV/Parquet (product_id, image, title, category, brand, description)"
     )
-    p.add_argument("--model", help="base CLIP model spec, e.g. ViT-B-32 or ViT-B-32@/path/weights.pt")
+    p.add_argument(
+        "--model",
+        help="base model spec: a CLIP model (ViT-B-32, ViT-B-32@/path/weights.pt) or an image-only timm "
+        "backbone (timm:efficientnet_lite0@/path/weights.pth)",
+    )
     p.add_argument("--out", required=True, help="output folder for checkpoints")
     p.add_argument(
         "--epochs",
@@ -38,7 +47,25 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "(the cosine schedule is re-planned over the new total)",
     )
     p.add_argument("--batch-size", type=int, help=f"images per batch (default {defaults.batch_size})")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr:g})")
+    p.add_argument(
+        "--lr", type=float, help=f"peak learning rate (default {defaults.lr:g}; {TIMM_DEFAULT_LR:g} for timm)"
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        help=f"timm only: contrastive softmax temperature (default {defaults.temperature:g})",
+    )
+    p.add_argument(
+        "--train-blocks",
+        type=int,
+        help=f"timm only: last backbone stages to train, with the head conv (default {defaults.train_blocks}; "
+        "0 = every layer)",
+    )
+    p.add_argument(
+        "--views",
+        type=int,
+        help=f"timm only: views of each product per batch, 1 catalog + N-1 shopper photos (default {defaults.views})",
+    )
     p.add_argument(
         "--weight-decay", type=float, help=f"AdamW weight decay (default {defaults.weight_decay:g})"
     )
@@ -83,6 +110,9 @@ _FLAG_FIELDS = {
     "warmup": "warmup",
     "background_p": "background_p",
     "keep_epochs": "keep_epochs",
+    "temperature": "temperature",
+    "train_blocks": "train_blocks",
+    "views": "views",
 }
 
 
@@ -98,7 +128,10 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
     explicit = set(values)
     if args.model:
         explicit.add("model")
-    config = FinetuneConfig(
+    timm = (args.model or "").strip().startswith("timm:")
+    if timm and "lr" not in values and not args.resume:
+        values["lr"] = TIMM_DEFAULT_LR
+    config = TimmFinetuneConfig(
         catalog=args.catalog,
         model=args.model or "",
         out_dir=args.out,
@@ -114,9 +147,14 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
         )
     if result.best is not None:
         base = f" (base model: {result.baseline.i2i_recall_at_10:.3f})" if result.baseline else ""
+        text = (
+            ""
+            if config.model.strip().startswith("timm:")
+            else (f", image->text Recall@10 {result.best.i2t_recall_at_10:.3f}")
+        )
         print(
             f"best epoch {result.best_epoch}: validation image->image Recall@10 "
-            f"{result.best.i2i_recall_at_10:.3f}{base}, image->text Recall@10 {result.best.i2t_recall_at_10:.3f}"
+            f"{result.best.i2i_recall_at_10:.3f}{base}, MRR {result.best.i2i_mrr:.3f}{text}"
         )
         if result.baseline is not None and result.best.key() <= result.baseline.key():
             print(
@@ -131,8 +169,8 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
         f"       python -m visual_search index {args.catalog} --model '{result.spec}' --data-dir data-finetuned"
     )
     print(
-        f"       python -m visual_search evaluate --catalog {args.catalog} --synthetic 100 "
-        f"--model {config.model} --model '{result.spec}'"
+        f"       python -m visual_search evaluate --catalog {args.catalog} --shopper 32 "
+        f"--model '{config.model}' --model '{result.spec}'"
     )
     print("A new checkpoint means a new index: re-index with it (the store refuses to mix models).")
     return 0

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 from visual_search.core.config import Settings, add_settings_arguments
+from visual_search.core.io import progress_bar
 from visual_search.engine import SearchEngine
 
 
@@ -29,23 +30,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from tqdm import tqdm
-
     engine = SearchEngine.from_settings(settings)
     engine.object_views = bool(args.object_views)
-    bar = tqdm(total=0, unit="img", desc="embedding", disable=args.json or None)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
     try:
-        report = engine.index_catalog(
-            args.catalog, sync=args.sync, batch_size=args.batch_size, progress=progress
-        )
+        with progress_bar("embedding", "img", disable=args.json or None) as progress:
+            report = engine.index_catalog(
+                args.catalog, sync=args.sync, batch_size=args.batch_size, progress=progress
+            )
     finally:
-        bar.close()
         engine.close()
     if args.json:
         data = asdict(report)

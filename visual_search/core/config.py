@@ -35,14 +35,14 @@ class Settings:
         env = os.environ
         return cls(
             model=env.get("VS_MODEL", DEFAULT_MODEL),
-            device=env.get("VS_DEVICE") or None,
+            device=device_from_env(),
             data_dir=Path(env.get("VS_DATA_DIR", "data")),
             qdrant_url=env.get("QDRANT_URL") or None,
             qdrant_api_key=env.get("QDRANT_API_KEY") or None,
             collection=env.get("VS_COLLECTION", "products"),
             bg_model=env.get("VS_BG_MODEL", DEFAULT_BG_MODEL),
             log_days=_log_days(env.get("VS_LOG_DAYS")),
-            runtime=env.get("VS_RUNTIME") or "auto",
+            runtime=runtime_from_env() or "auto",
             remote=RemoteOptions.from_env(env),
             indexing_threads=_indexing_threads(env.get("VS_INDEXING_THREADS")),
         )
@@ -65,6 +65,16 @@ class Settings:
             if getattr(args, "indexing_threads", None) is None
             else args.indexing_threads,
         )
+
+
+def device_from_env() -> str | None:
+    """VS_DEVICE (cpu, cuda, cuda:1, mps), read here only; device.pick_device falls back to it."""
+    return os.environ.get("VS_DEVICE") or None
+
+
+def runtime_from_env() -> str | None:
+    """VS_RUNTIME (torch, onnx, onnx-int8, auto), read here only; device.pick_runtime falls back to it."""
+    return os.environ.get("VS_RUNTIME") or None
 
 
 def _indexing_threads(value: str | None) -> int:

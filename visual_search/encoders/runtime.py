@@ -1,17 +1,18 @@
 """Fast CPU inference: the image tower (and an open_clip text tower) exported to ONNX, run by ONNX Runtime.
 
-Why: on 2 CPU cores the PyTorch eager forward is most of a photo query. ONNX Runtime with dynamic int8
-quantization of the matrix multiplies runs ViT-B-32 about 4x faster at cosine 0.9998 to fp32.
+Why: on a few CPU cores the PyTorch eager forward is most of a photo query. ONNX Runtime with dynamic
+int8 quantization of the matrix multiplies runs ViT-B-32 several times faster at cosine 0.9998 to fp32
+(figures, machine and command: bench/RESULTS.md "CPU inference runtime").
 
-What gets quantized (measured here, 2 threads, batch 1, see bench/RESULTS.md "CPU inference runtime"):
+What gets quantized, and why:
 
-- Only ``MatMul``/``Gemm`` (``op_types_to_quantize``), weights QInt8 per channel. The transformer layers of
-  ViT/text towers are matrix multiplies, so ViT-B-32 goes from ~59 ms (torch) / 45 ms (ORT fp32) to ~14 ms.
+- Only ``MatMul``/``Gemm`` (``op_types_to_quantize``), weights QInt8 per channel: the transformer layers of
+  ViT/text towers are matrix multiplies, which is where the time goes.
 - Convolutions stay fp32: quantizing EfficientNet-Lite0's convolutions dynamically (ConvInteger) on its
   real ImageNet weights gave cosine to fp32 min 0.60 / mean 0.86 over 20 catalog photos (0.34 with
-  ``reduce_range``; ``per_channel`` did not help) and ran 4x *slower* (62 ms vs 16 ms). A convnet's
-  int8 file is therefore its fp32 graph (no MatMul left once the classifier is removed): cosine 1.0000.
-- QUInt8 weights on ViT-B-32: same cosine but 37 ms (no fast kernel), so QInt8.
+  ``reduce_range``; ``per_channel`` did not help) and ran slower than fp32. A convnet's int8 file is
+  therefore its fp32 graph (no MatMul left once the classifier is removed): cosine 1.0000.
+- QUInt8 weights on ViT-B-32: same cosine but no fast kernel (slower than QInt8), so QInt8.
 
 Quality guard at export time: the int8 model is compared with the torch fp32 model on calibration
 inputs (sample-catalog photos when present, else synthetic patterns; fixed sentences for a text tower).
@@ -57,7 +58,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from visual_search.encoders import Encoder
+    from visual_search.encoders.base import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ def _threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _session(path: Path) -> Any:
+def session_options() -> Any:
+    """The one ONNX Runtime configuration of this app (encoder towers and background removal alike)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -102,10 +104,16 @@ def _session(path: Path) -> Any:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # No busy-waiting between runs: the cores are shared with the engine's decode threads (indexing)
-    # and torch's own threads, and spinning ORT workers starve them (measured under load: ViT-B-32
-    # int8 batch 1, 105 ms spinning vs 61 ms not).
+    # and torch's own threads, and spinning ORT workers starve them (measured under load: int8 batch-1
+    # queries were markedly slower with spinning on).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 def _versions(model: torch.nn.Module) -> int:

@@ -104,6 +104,7 @@ class QueryResult:
     search_ms: float
     total_ms: float
     error: str | None = None
+    top_score: float | None = None  # the first result's score (evaluation.calibration uses it)
 
 
 @dataclass

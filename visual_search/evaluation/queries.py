@@ -7,7 +7,7 @@ import dataclasses
 import random
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,14 @@ def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:limit] or "x"
 
 
+def _write_query_csv(folder: Path, rows: list[dict[str, str]], columns: list[str]) -> None:
+    """``queries.csv`` beside the generated photos, reusable with ``--queries``."""
+    with (folder / "queries.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def synthetic_queries(source: Any, n: int = 50, out_dir: str | Path | None = None, seed: int = 0) -> QuerySet:
     """N SYNTHETIC shopper photos of catalog products, saved as JPEG under ``out_dir``.
 
@@ -182,10 +190,7 @@ def synthetic_queries(source: Any, n: int = 50, out_dir: str | Path | None = Non
         image.save(folder / name, "JPEG", quality=95)
         queries.append(Query((pid,), str(folder / name), category=item.category, query_id=name))
         rows.append({"query_image": name, "expected": pid, "source_image": item.source})
-    with (folder / "queries.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, ["query_image", "expected", "source_image"])
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_query_csv(folder, rows, ["query_image", "expected", "source_image"])
     if not queries:
         raise VisualSearchError("None of the catalog images could be read to build synthetic queries")
     return QuerySet(
@@ -248,39 +253,12 @@ def shopper_queries(
         return cache[item.source]
 
     queries: list[Query] = []
-    rows = []
+    rows: list[dict[str, str]] = []
     for kind in kinds:
-        (folder / kind).mkdir(parents=True, exist_ok=True)
-        order = sorted(by_product)
-        random.Random(f"shopper-order:{seed}:{kind}").shuffle(order)
-        made = attempts = i = 0
-        while made < n and attempts < n + len(items):
-            pid = order[i % len(order)]
-            images = by_product[pid]
-            item = images[(i // len(order)) % len(images)]
-            i += 1
-            attempts += 1
-            rng = random.Random(f"shopper:{seed}:{kind}:{made}:{pid}")
-            others = [d for d in pool if d.product_id != pid]
-            try:
-                image = photo(item)
-                other = None
-                if kind == "clutter":
-                    if not others:
-                        raise VisualSearchError("The clutter kind needs at least two products")
-                    other = photo(rng.choice(others))
-            except ImageError:
-                continue  # unreadable catalog image: the index skipped it as well
-            picture = shopper_query(kind, image, rng, distractor=other, size=SYNTHETIC_SIDE)
-            name = f"{kind}/{made:04d}_{slug(pid)}.jpg"
-            picture.save(folder / name, "JPEG", quality=95)
-            queries.append(Query((pid,), str(folder / name), category=kind, query_id=name))
-            rows.append({"query_image": name, "expected": pid, "kind": kind, "source_image": item.source})
-            made += 1
-    with (folder / "queries.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, ["query_image", "expected", "kind", "source_image"])
-        writer.writeheader()
-        writer.writerows(rows)
+        made = _shopper_kind(kind, n, seed, by_product, pool, photo, folder)
+        queries += [query for query, _ in made]
+        rows += [row for _, row in made]
+    _write_query_csv(folder, rows, ["query_image", "expected", "kind", "source_image"])
     if not queries:
         raise VisualSearchError("None of the catalog images could be read to build shopper queries")
     return QuerySet(
@@ -293,6 +271,48 @@ def shopper_queries(
         synthetic=True,
         folder=folder,
     )
+
+
+def _shopper_kind(
+    kind: str,
+    n: int,
+    seed: int,
+    by_product: dict[str, list[SourceImage]],
+    pool: list[SourceImage],
+    photo: Callable[[SourceImage], Any],
+    folder: Path,
+) -> list[tuple[Query, dict[str, str]]]:
+    """Up to ``n`` photos of one kind: products in a seeded order, one image each before any gets a
+    second; unreadable images are skipped (bounded attempts)."""
+    (folder / kind).mkdir(parents=True, exist_ok=True)
+    order = sorted(by_product)
+    random.Random(f"shopper-order:{seed}:{kind}").shuffle(order)
+    n_items = sum(len(images) for images in by_product.values())
+    made: list[tuple[Query, dict[str, str]]] = []
+    attempts = i = 0
+    while len(made) < n and attempts < n + n_items:
+        pid = order[i % len(order)]
+        images = by_product[pid]
+        item = images[(i // len(order)) % len(images)]
+        i += 1
+        attempts += 1
+        rng = random.Random(f"shopper:{seed}:{kind}:{len(made)}:{pid}")
+        others = [d for d in pool if d.product_id != pid]
+        try:
+            image = photo(item)
+            other = None
+            if kind == "clutter":
+                if not others:
+                    raise VisualSearchError("The clutter kind needs at least two products")
+                other = photo(rng.choice(others))
+        except ImageError:
+            continue  # unreadable catalog image: the index skipped it as well
+        picture = shopper_query(kind, image, rng, distractor=other, size=SYNTHETIC_SIDE)
+        name = f"{kind}/{len(made):04d}_{slug(pid)}.jpg"
+        picture.save(folder / name, "JPEG", quality=95)
+        row = {"query_image": name, "expected": pid, "kind": kind, "source_image": item.source}
+        made.append((Query((pid,), str(folder / name), category=kind, query_id=name), row))
+    return made
 
 
 def holdout_queries(catalog: Catalog | str | Path, seed: int = 0) -> tuple[Catalog, QuerySet]:

@@ -80,27 +80,8 @@ def evaluate_engine(
         finally:
             if progress:
                 progress(done, total)
-        for note in response.notes:
-            notes[note] = None
-        ranked = [r.product_id for r in response.results]
-        rr = reciprocal_rank(ranked, query.expected)
-        results.append(
-            QueryResult(
-                query_id=query.query_id or str(done),
-                expected=query.expected,
-                category=category,
-                retrieved=tuple(ranked[:10]),
-                rank=round(1 / rr) if rr else None,
-                recall_at_1=recall_at_k(ranked, query.expected, 1),
-                recall_at_5=recall_at_k(ranked, query.expected, 5),
-                recall_at_10=recall_at_k(ranked, query.expected, 10),
-                reciprocal_rank=rr,
-                ndcg_at_10=ndcg_at_k(ranked, query.expected, 10),
-                embed_ms=response.embed_ms,
-                search_ms=response.search_ms,
-                total_ms=response.total_ms,
-            )
-        )
+        notes.update(dict.fromkeys(response.notes))
+        results.append(_scored(query, query.query_id or str(done), category, response))
     if skipped_text:
         notes[
             f"{skipped_text} text queries skipped: {engine.encoder.model_id} has no text tower (image-only model)"
@@ -113,15 +94,6 @@ def evaluate_engine(
     by_category: dict[str, list[QueryResult]] = {}
     for r in results:
         by_category.setdefault(r.category, []).append(r)
-    timed = [r for r in results if r.error is None]
-    latency = Latency(
-        embed_p50_ms=percentile([r.embed_ms for r in timed], 50),
-        embed_p95_ms=percentile([r.embed_ms for r in timed], 95),
-        search_p50_ms=percentile([r.search_ms for r in timed], 50),
-        search_p95_ms=percentile([r.search_ms for r in timed], 95),
-        total_p50_ms=percentile([r.total_ms for r in timed], 50),
-        total_p95_ms=percentile([r.total_ms for r in timed], 95),
-    )
     model_id = engine.encoder.model_id
     if label is None and pipeline is not None:
         label = f"{model_id} [{pipeline}]"
@@ -134,11 +106,45 @@ def evaluate_engine(
         n_queries=len(results),
         overall=Metrics.of(results),
         per_category={c: Metrics.of(rs) for c, rs in sorted(by_category.items())},
-        latency=latency,
+        latency=_latency([r for r in results if r.error is None]),
         notes=list(notes),
         queries=results,
         query_set_description=query_set.description,
         pipeline=pipeline,
+    )
+
+
+def _scored(query: Query, query_id: str, category: str, response: Any) -> QueryResult:
+    """One answered query, scored against its expected products."""
+    ranked = [r.product_id for r in response.results]
+    rr = reciprocal_rank(ranked, query.expected)
+    return QueryResult(
+        query_id=query_id,
+        expected=query.expected,
+        category=category,
+        retrieved=tuple(ranked[:10]),
+        rank=round(1 / rr) if rr else None,
+        recall_at_1=recall_at_k(ranked, query.expected, 1),
+        recall_at_5=recall_at_k(ranked, query.expected, 5),
+        recall_at_10=recall_at_k(ranked, query.expected, 10),
+        reciprocal_rank=rr,
+        ndcg_at_10=ndcg_at_k(ranked, query.expected, 10),
+        embed_ms=response.embed_ms,
+        search_ms=response.search_ms,
+        total_ms=response.total_ms,
+        top_score=float(response.results[0].score) if response.results else None,
+    )
+
+
+def _latency(timed: Sequence[QueryResult]) -> Latency:
+    """p50/p95 of the engine's own timings over the queries that ran (misses have none)."""
+    return Latency(
+        embed_p50_ms=percentile([r.embed_ms for r in timed], 50),
+        embed_p95_ms=percentile([r.embed_ms for r in timed], 95),
+        search_p50_ms=percentile([r.search_ms for r in timed], 50),
+        search_p95_ms=percentile([r.search_ms for r in timed], 95),
+        total_p50_ms=percentile([r.total_ms for r in timed], 50),
+        total_p95_ms=percentile([r.total_ms for r in timed], 95),
     )
 
 

@@ -294,9 +294,7 @@ class UIContext:
             if options.examples is not None
             else sorted(ASSETS_DIR.joinpath("examples").glob("*.jpg"))
         )
-        threshold = (
-            options.threshold if options.threshold is not None else default_threshold(engine.encoder.model_id)
-        )
+        threshold = options.threshold if options.threshold is not None else engine.default_threshold()
         return cls(
             engine,
             search_log,

@@ -205,6 +205,7 @@ def _filters(ctx: UIContext, h: SearchHandlers, q: dict[str, Any]) -> None:
             step=0.01,
             label="Score threshold",
             info=f"Hide weaker matches (cosine similarity); 0 = show all. "
-            f"Default for this model: {ctx.threshold:.2f}.",
+            f"Default for this model: {ctx.threshold:.2f}"
+            + (" (calibrated on an evaluation)." if ctx.engine.threshold_calibration() else "."),
             elem_id="threshold",
         )

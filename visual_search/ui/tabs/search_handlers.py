@@ -302,11 +302,8 @@ class SearchHandlers:
             raise VisualSearchError(
                 "Add a photo (upload, camera or paste), paste an image link, or type what you are looking for."
             )
-        if text and not self.ctx.engine.encoder.supports_text:
-            raise VisualSearchError(
-                f"The model in use ({self.ctx.engine.encoder.model_id}) understands photos only; "
-                "clear the text box and search with a photo."
-            )
+        if text:
+            self.ctx.engine.encoder.require_text()  # before any search work; says why in one line
         return image, text
 
     # ------------------------------------------------------------ results panel clicks
