@@ -18,7 +18,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-from ui_fixtures import ROOT, XSS_TITLE, app_env
+from ui_fixtures import ROOT, XSS_TITLE, app_env, two_item_photo
 
 ENDPOINTS = ("/search_image", "/search_text", "/search_combined", "/more_like_this", "/recommend")
 
@@ -37,13 +37,20 @@ def test_named_endpoints_are_public(client):
     assert set(ENDPOINTS) <= set(info["named_endpoints"])
     params = {p["parameter_name"] for p in info["named_endpoints"]["/search_combined"]["parameters"]}
     assert {"image", "text", "text_weight", "top_k", "categories", "remove_background"} <= params
+    assert {"background", "box_index"} <= params
+    image_params = {p["parameter_name"] for p in info["named_endpoints"]["/search_image"]["parameters"]}
+    assert {"image", "background", "box_index", "remove_background"} <= image_params
     # The UI's own events are private: only the documented API is listed.
     assert not info["unnamed_endpoints"]
 
 
 def test_search_image_finds_the_same_product_first(client, ui_app):
+    # the whole photo (background off): the catalog photo itself scores 1
     r = client.predict(
-        image=handle_file(str(ui_app.image_of("juice-orange"))), top_k=5, api_name="/search_image"
+        image=handle_file(str(ui_app.image_of("juice-orange"))),
+        top_k=5,
+        background="off",
+        api_name="/search_image",
     )
     assert r["mode"] == "image"
     assert r["results"][0]["product_id"] == "juice-orange"
@@ -52,7 +59,11 @@ def test_search_image_finds_the_same_product_first(client, ui_app):
     first = r["results"][0]
     assert {"title", "price", "category", "brand", "image_url", "score"} <= set(first)
     assert first["price"] == 4.5 and first["category"] == "Juices"
-    assert r["latency_ms"]["total"] > 0
+    timing = r["latency_ms"]
+    assert set(timing) == {"total", "embed", "search"}
+    assert (
+        timing["total"] >= timing["embed"] + timing["search"] - 0.02
+    )  # parts of the total (2-decimal rounding)
     json.dumps(r)  # JSON-able end to end
 
 
@@ -100,6 +111,79 @@ def test_search_image_with_background_removal(client, ui_app):
         assert r["background_removed_fraction"] is not None
     else:
         assert any("Background removal is off" in n for n in r["notes"])
+
+
+def test_search_image_defaults_to_the_object_aware_pipeline(client, ui_app):
+    r = client.predict(
+        image=handle_file(str(ui_app.image_of("paint-red"))), top_k=3, api_name="/search_image"
+    )
+    assert r["background"] == "auto"
+    assert [v["name"] for v in r["views"]] == ["cutout", "box"]
+    assert [v["label"] for v in r["views"]] == ["cut-out", "object box"]
+    assert r["fusion"] == "max" and len(r["objects"]) >= 1 and r["box_index"] == 0
+    box = r["objects"][0]
+    assert 0 <= box["x0"] < box["x1"] <= 1 and 0 <= box["y0"] < box["y1"] <= 1 and 0 < box["area"] <= 1
+    assert r["results"][0]["product_id"] == "paint-red"
+    off = client.predict(
+        image=handle_file(str(ui_app.image_of("paint-red"))),
+        top_k=3,
+        background="off",
+        api_name="/search_image",
+    )
+    assert off["background"] == "off" and [v["name"] for v in off["views"]] == ["photo"]
+    assert off["objects"] == [] and off["box_index"] is None and off["background_removed_fraction"] is None
+
+
+def test_two_items_come_back_as_objects_and_box_index_searches_the_second(client, ui_app, tmp_path):
+    photo = two_item_photo(ui_app.images, "hoodie-blue", "paint-yellow", tmp_path / "two.jpg")
+    first = client.predict(image=handle_file(str(photo)), top_k=3, api_name="/search_image")
+    assert len(first["objects"]) == 2 and first["box_index"] == 0
+    left, right = first["objects"]
+    assert left["x1"] < 0.5 < right["x0"]  # the hoodie (left, larger) first, the paint tin second
+    assert first["results"][0]["product_id"] == "hoodie-blue"
+    second = client.predict(image=handle_file(str(photo)), top_k=3, box_index=1, api_name="/search_image")
+    assert second["box_index"] == 1 and second["objects"] == first["objects"]
+    assert second["results"][0]["product_id"] == "paint-yellow"
+    combined = client.predict(
+        image=handle_file(str(photo)),
+        text="a tin of paint",
+        text_weight=0.2,
+        box_index=1,
+        top_k=3,
+        api_name="/search_combined",
+    )
+    assert combined["mode"] == "image+text" and combined["box_index"] == 1 and len(combined["views"]) == 2
+    with pytest.raises(AppError, match="no object 3 in this photo"):
+        client.predict(image=handle_file(str(photo)), box_index=2, api_name="/search_image")
+
+
+def test_legacy_remove_background_flag_maps_to_on_and_off(client, ui_app):
+    photo = handle_file(str(ui_app.image_of("paint-red")))
+    on = client.predict(image=photo, top_k=3, remove_background=True, api_name="/search_image")
+    assert on["background"] == "on" and [v["name"] for v in on["views"]] == ["cutout"]
+    off = client.predict(image=photo, top_k=3, remove_background=False, api_name="/search_image")
+    assert off["background"] == "off" and [v["name"] for v in off["views"]] == ["photo"]
+    # an explicit background wins over the legacy flag
+    explicit = client.predict(
+        image=photo, top_k=3, remove_background=False, background="on", api_name="/search_image"
+    )
+    assert explicit["background"] == "on"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"background": "sometimes"}, "background must be one of auto, off, on"),
+        ({"box_index": -1}, "object number must be a whole number"),
+        ({"remove_background": "yes"}, "remove_background must be true or false"),
+    ],
+)
+def test_bad_photo_options_give_human_errors(client, ui_app, kwargs, message):
+    with pytest.raises(AppError, match=message) as info:
+        client.predict(
+            image=handle_file(str(ui_app.image_of("paint-red"))), api_name="/search_image", **kwargs
+        )
+    assert "Traceback" not in str(info.value)
 
 
 def test_more_like_this_and_recommend(client):
@@ -213,13 +297,18 @@ def test_file_route_serves_no_catalog_image_or_server_file(ui_app):
 
 
 def test_searches_and_feedback_are_logged_without_photos(client, ui_app):
-    client.predict(image=handle_file(str(ui_app.image_of("paint-navy"))), top_k=3, api_name="/search_image")
+    client.predict(
+        image=handle_file(str(ui_app.image_of("paint-navy"))),
+        top_k=3,
+        background="off",
+        api_name="/search_image",
+    )
     log = ui_app.data_dir / "analytics" / "search_log.jsonl"
     events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     searches = [e for e in events if e["event"] == "search"]
     assert searches and searches[-1]["mode"] == "image"
     assert searches[-1]["result_ids"][0] == "paint-navy"
-    assert searches[-1]["latency_ms"] > 0
+    assert isinstance(searches[-1]["latency_ms"], float)
     assert searches[-1]["photo_path"] is None
     assert not (ui_app.data_dir / "analytics" / "photos").exists()
 

@@ -1,8 +1,9 @@
 """The app in real headless Chromium (Debian chromium + Playwright), on the tiny model.
 
-Covers the issue's 'done means': upload a photo, type a text, apply a filter, toggle background
-removal and see the preview, click a result for more-like-this, like/dislike and reset, a phone
-viewport, and the visible error and empty states. Screenshots go to test-artifacts/.
+Covers the issue's 'done means': upload a photo, type a text, apply a filter, pick the background
+mode and see every view that was searched, tap the second of two items in a photo, click a result
+for more-like-this, like/dislike and reset, a phone viewport, and the visible error and empty
+states. Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ui_fixtures import ADMIN_PASSWORD
+from ui_fixtures import ADMIN_PASSWORD, two_item_photo
 
 pytestmark = pytest.mark.browser
 
@@ -219,26 +220,75 @@ def test_text_search_with_category_filter_and_empty_state(page, ui_app, artifact
     shot(page, artifacts_dir, "desktop-empty-state.png")
 
 
-def test_background_removal_shows_what_was_searched(page, ui_app, artifacts_dir):
-    upload_photo(page, ui_app.image_of("paint-red"))
-    page.locator("#remove-bg input").check()
-    search(page)
-    preview = page.locator("#bg-preview")
-    if ui_app.has_background_removal:
-        preview.wait_for(state="visible")
-        page.wait_for_function(
-            "() => { const i = document.querySelector('#bg-preview img'); return i && i.complete && i.naturalWidth > 0; }"
-        )
-        width, height = page.locator("#bg-preview img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
-        assert width > 1.8 * height  # before | after, side by side
-    else:
-        assert "Background removal is off" in summary(page)
-    assert card_ids(page)
-    shot(page, artifacts_dir, "desktop-background-removal.png")
+def set_background(page, label: str) -> None:
+    page.locator("#background").get_by_label(label, exact=True).check()
 
-    page.locator("#remove-bg input").uncheck()
+
+def preview_labels(page) -> list[str]:
+    return page.locator("#views-preview figcaption").all_inner_texts()
+
+
+def test_background_choice_shows_every_view_that_was_searched(page, ui_app, artifacts_dir):
+    assert ui_app.has_background_removal
+    assert page.locator("#background").get_by_label("Auto", exact=True).is_checked()  # the default
+    upload_photo(page, ui_app.image_of("paint-red"))
+    search(page)
+    preview = page.locator("#views-preview")
+    preview.wait_for(state="visible")
+    assert preview_labels(page) == ["your photo", "cut-out", "object box"]
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#views-preview img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    assert "Background: auto · searched cut-out + object box" in summary(page)
+    assert card_ids(page)
+    shot(page, artifacts_dir, "desktop-background-auto.png")
+
+    set_background(page, "On")
+    search(page)
+    assert preview_labels(page) == ["your photo", "cut-out"]
+    assert "Background: on · searched cut-out" in summary(page)
+
+    set_background(page, "Off")
     search(page)
     assert not preview.is_visible()
+    assert "Background: off · searched whole photo" in summary(page)
+
+
+def test_two_items_show_chips_and_tapping_the_second_searches_it(page, ui_app, tmp_path, artifacts_dir):
+    photo = two_item_photo(ui_app.images, "hoodie-blue", "paint-yellow", tmp_path / "two-items.jpg")
+    upload_photo(page, photo)
+    chips = page.locator("#object-chips .vs-obj-chip")
+    assert chips.count() == 0
+    search(page)
+    chips.first.wait_for(state="visible")
+    assert chips.count() == 2 and page.locator("#object-chips .vs-obj-box").count() == 2
+    assert [" ".join(t.split()) for t in chips.all_inner_texts()] == ["1 Item 1", "2 Item 2"]
+    assert chips.nth(0).get_attribute("aria-pressed") == "true"
+    assert "item 1 of 2" in summary(page)
+    assert card_ids(page)[0] == "hoodie-blue"
+    # the numbered boxes sit over the two items: the first on the left half, the second on the right
+    stage = page.locator("#object-chips .vs-obj-stage").bounding_box()
+    left = page.locator("#object-chips .vs-obj-box").nth(0).bounding_box()
+    right = page.locator("#object-chips .vs-obj-box").nth(1).bounding_box()
+    assert left["x"] + left["width"] < stage["x"] + stage["width"] / 2 < right["x"]
+    cutout = page.locator('#views-preview [data-view="cutout"] img')
+    before = cutout.get_attribute("src")
+    shot(page, artifacts_dir, "desktop-two-items.png")
+
+    run(page, lambda: chips.nth(1).click())
+    assert card_ids(page)[0] == "paint-yellow"
+    assert "item 2 of 2" in summary(page)
+    page.wait_for_function(
+        "() => document.querySelector('#object-chips .vs-obj-chip[data-object=\"1\"]')"
+        "?.getAttribute('aria-pressed') === 'true'"
+    )
+    assert cutout.get_attribute("src") != before  # the preview shows the second item now
+    assert preview_labels(page) == ["your photo", "cut-out", "object box"]
+    shot(page, artifacts_dir, "desktop-two-items-second.png")
+
+    # a tap on the first item's box over the photo searches it again
+    run(page, lambda: page.locator('#object-chips .vs-obj-box[data-object="0"]').click())
+    assert card_ids(page)[0] == "hoodie-blue" and "item 1 of 2" in summary(page)
 
 
 def test_more_like_this_like_dislike_and_reset(page, ui_app, artifacts_dir):

@@ -193,3 +193,91 @@ def test_without_background_removal_auto_searches_the_whole_photo(colour_engine,
             os.environ["U2NET_HOME"] = old
     assert list(found.views) == ["photo"] and found.boxes == [] and len(found.results) == 2
     assert any("Background removal is off" in n for n in found.notes)
+
+
+# ------------------------------------------------------------------------------------------ engine
+
+
+def test_search_photo_returns_views_and_normalised_boxes_and_searches_the_tapped_object(
+    colour_engine,
+) -> None:
+    photo = _two_products()
+    first = colour_engine.search_photo(photo, top_k=3)  # background defaults to auto
+    assert first.mode == "image" and first.pipeline == "auto" and first.fusion == "max"
+    assert [v.name for v in first.views] == list(AUTO_VIEWS)
+    assert [v.label for v in first.views] == ["cut-out", "object box"]
+    assert len(first.objects) == 2 and first.box_index == 0
+    blue, red = first.objects
+    # the blue disc spans x 170..310 of 480, y 110..250 of 360
+    assert (blue.x0, blue.y0, blue.x1, blue.y1) == pytest.approx(
+        (170 / 480, 110 / 360, 311 / 480, 251 / 360), abs=0.02
+    )
+    assert red.x1 <= 0.2 and 0 < red.area < blue.area < 1
+    assert first.results[0].product_id == "blue"
+    assert first.query_vector is not None and first.query_vector.shape == (colour_engine.encoder.dim,)
+    assert np.linalg.norm(first.query_vector) == pytest.approx(1.0, abs=1e-5)
+
+    second = colour_engine.search_photo(photo, box_index=1, top_k=3)
+    assert second.box_index == 1 and second.results[0].product_id == "red"
+
+    off = colour_engine.search_photo(photo, background="off", top_k=3)
+    assert [v.name for v in off.views] == ["photo"] and off.objects == [] and off.box_index is None
+    assert [r.product_id for r in off.results] == [
+        r.product_id for r in colour_engine.search(image=photo, top_k=3).results
+    ]
+    on = colour_engine.search_photo(photo, background="on", top_k=3)
+    assert [v.name for v in on.views] == ["cutout"] and len(on.objects) == 2
+    # "on" with a tapped object: that object's cut-out alone
+    on_red = colour_engine.search_photo(photo, background="on", box_index=1, top_k=3)
+    assert [v.name for v in on_red.views] == ["cutout"] and on_red.results[0].product_id == "red"
+    # engine.search(background=...) is the same call
+    routed = colour_engine.search(image=photo, background="auto", box_index=1, top_k=3)
+    assert routed.pipeline == "auto" and [r.product_id for r in routed.results] == [
+        r.product_id for r in second.results
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"background": "sometimes"}, "background must be one of auto, off, on"),
+        ({"background": True}, "background must be one of"),
+        ({"box_index": -1}, "object number must be a whole number"),
+        ({"box_index": 1.5}, "object number must be a whole number"),
+        ({"box_index": True}, "object number must be a number"),
+        ({"box_index": 5}, "no object 6 in this photo"),
+        ({"top_k": 0}, "top_k must be between"),
+        ({"text_weight": 2}, "text weight must be between 0 and 1"),
+    ],
+)
+def test_search_photo_refuses_bad_options_in_one_line(colour_engine, kwargs, message) -> None:
+    with pytest.raises(VisualSearchError, match=message) as info:
+        colour_engine.search_photo(_two_products(), **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_photo_plus_text_blends_the_text_into_every_view(colour_engine) -> None:
+    photo = _two_products()
+    plain = search_views(colour_engine, photo, "auto", top_k=4)
+    both = colour_engine.search_photo(photo, text="a red toy", text_weight=0.3, top_k=4)
+    assert both.mode == "image+text" and both.text_weight == pytest.approx(0.3)
+    text_vec = colour_engine.encoder.embed_texts(["a red toy"])[0]
+    expected = 0.7 * plain.vectors + 0.3 * text_vec[None, :]
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    again = search_views(colour_engine, photo, "auto", top_k=4, text_vector=text_vec, text_weight=0.3)
+    np.testing.assert_allclose(again.vectors, expected, atol=1e-5)
+    mean = expected.mean(axis=0)
+    np.testing.assert_allclose(both.query_vector, mean / np.linalg.norm(mean), atol=1e-5)
+    # the text pulls the scores: the blended search is not the photo search
+    assert [r.score for r in both.results] != pytest.approx([r.score for r in plain.results])
+
+
+def test_search_photo_refuses_an_index_of_another_model(colour_engine, tmp_path) -> None:
+    from visual_search.core.errors import ModelMismatchError
+
+    class Other:
+        model_id, dim, supports_text, device = "test:other", colour_engine.encoder.dim, True, "cpu"
+
+    other = SearchEngine(Other(), colour_engine.store)  # type: ignore[arg-type]
+    with pytest.raises(ModelMismatchError, match="test:tiny"):
+        other.search_photo(_two_products())

@@ -228,7 +228,7 @@ def _request(host: str = "127.0.0.1", session: str = "s1"):
 
 
 def _search_args(photo, state=None):
-    return (photo, "", "", 0.5, False, [], [], None, None, 5, 0.0, state)
+    return (photo, "", "", 0.5, "off", [], [], None, None, 5, 0.0, state)  # off: the photo finds itself
 
 
 def test_search_deletes_the_upload_and_keeps_the_photo_in_the_session(ctx, engine, tmp_path, monkeypatch):
@@ -238,12 +238,12 @@ def test_search_deletes_the_upload_and_keeps_the_photo_in_the_session(ctx, engin
     upload.parent.mkdir(parents=True)
     Image.open(product_image(engine, "paint-red", 0)).save(upload)
     handlers = SearchHandlers(ctx)
-    html, _, state = handlers.search(*_search_args({"path": str(upload)}), request=_request())
+    html, _, _, state = handlers.search(*_search_args({"path": str(upload)}), request=_request())
     assert not upload.exists() and not upload.parent.exists()
     assert 'data-pid="paint-red"' in html and "vs-error" not in html
     assert str(tmp_path) not in html and "/img/" not in html and "img/paint-red/0" in html
     # The same photo again (its file is gone): the session's copy answers.
-    html, _, _ = handlers.search(*_search_args({"path": str(upload)}, state), request=_request())
+    html, *_ = handlers.search(*_search_args({"path": str(upload)}, state), request=_request())
     assert 'data-pid="paint-red"' in html and "vs-error" not in html
 
 
@@ -261,9 +261,9 @@ def test_too_many_searches_from_one_client_get_a_clear_message(ctx):
     key = client_key(request)
     with ctx.limiter.slot(key), ctx.limiter.slot(key), ctx.limiter.slot(key), ctx.limiter.slot(key):
         args = (None, "", "juice", 0.5, False, [], [], None, None, 5, 0.0, None)
-        html, _, _ = handlers.search(*args, request=request)
+        html, *_ = handlers.search(*args, request=request)
         assert "Too many searches at once" in html
-        html, _, _ = handlers.search(*args, request=_request(session="other-tab"))
+        html, *_ = handlers.search(*args, request=_request(session="other-tab"))
         assert "Too many searches" not in html and "vs-card" in html
 
 
@@ -352,7 +352,9 @@ def test_uploaded_photo_is_gone_once_answered(ui_app, tmp_path):
     photo = tmp_path / "shopper-photo-9d2e.jpg"
     Image.open(ui_app.image_of("paint-navy")).save(photo)
     client = Client(ui_app.url, verbose=False)
-    answer = client.predict(image=handle_file(str(photo)), top_k=3, api_name="/search_image")
+    answer = client.predict(
+        image=handle_file(str(photo)), top_k=3, background="off", api_name="/search_image"
+    )
     assert answer["results"][0]["product_id"] == "paint-navy"
     assert not list(ui_app.gradio_cache.rglob(photo.name))
     # Refused requests delete theirs too (a bad filter before the photo is even read).

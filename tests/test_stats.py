@@ -195,3 +195,17 @@ def test_engine_status_reads_counts_not_payloads(store: VectorStore):
     status = engine.status()
     assert (status.products, status.store.points) == (6, 9)
     assert status.last_indexed == "2026-12-01T09:30:00+00:00"
+
+
+def test_catalog_tab_picker_and_charts_use_the_view(store: VectorStore):
+    from types import SimpleNamespace
+
+    from visual_search.ui.tabs.catalog import CatalogHandlers, price_histogram
+
+    handlers = CatalogHandlers(SimpleNamespace(engine=SimpleNamespace(store=store)))  # type: ignore[arg-type]
+    assert handlers.product_choices("leather") == [("Leather bag · b1", "b1")]
+    assert len(handlers.product_choices()) == 6
+    update = handlers.lookup_products(SimpleNamespace(input_value="shoe"))
+    assert sorted(pid for _, pid in update["choices"]) == ["s1", "s2", "s3"]
+    frame, labels = price_histogram(catalog_stats(store).price_bins, "€")
+    assert labels[0] == "€0–25" and int(frame["products"].sum()) == 5

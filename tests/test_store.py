@@ -722,7 +722,7 @@ def test_remote_options_from_env_and_flags():
 
 
 def test_cli_settings_carry_the_cluster_flags(monkeypatch):
-    from visual_search.cli import build_parser
+    from visual_search.cli.main import build_parser
     from visual_search.core.config import Settings
 
     monkeypatch.setenv("QDRANT_REPLICAS", "3")
@@ -758,7 +758,7 @@ def test_edge_indexing_threads_reach_the_hnsw_build(tmp_path: Path):
 
 
 def test_indexing_threads_setting_from_env_and_flag(monkeypatch):
-    from visual_search.cli import build_parser
+    from visual_search.cli.main import build_parser
     from visual_search.core.config import Settings
 
     monkeypatch.setenv("VS_INDEXING_THREADS", "2")

@@ -203,6 +203,22 @@ def read_catalog(path: str | Path, *, image_root: str | Path | None = None) -> C
     path = Path(path).resolve()
     root = Path(image_root).resolve() if image_root is not None else None
     frame, row_offset = _read_frame(path)
+    extra = _check_columns(frame, path)
+    issues: list[RowIssue] = []
+    products: dict[str, Product] = {}
+    for index, record in enumerate(frame.to_dict(orient="records")):
+        row = index + row_offset
+        product = _row_product(record, row, extra, products, path.parent, root, issues)
+        if product is not None:
+            products[product.product_id] = product
+    if frame.empty:
+        issues.append(RowIssue(None, None, "the catalog has no rows"))
+    return Catalog(path=path, products=list(products.values()), issues=issues, extra_columns=extra)
+
+
+def _check_columns(frame: pd.DataFrame, path: Path) -> list[str]:
+    """Normalise the column names; refuse a catalog without the required ones or using reserved ones.
+    Returns the extra (attribute) columns."""
     frame.columns = [str(c).strip().lower() for c in frame.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
@@ -215,83 +231,94 @@ def read_catalog(path: str | Path, *, image_root: str | Path | None = None) -> C
         raise CatalogError(
             f"Catalog {path.name}: rename the column(s) {', '.join(clashes)}; the indexer uses them"
         )
-    extra = [c for c in frame.columns if c not in KNOWN_COLUMNS]
+    return [c for c in frame.columns if c not in KNOWN_COLUMNS]
 
-    issues: list[RowIssue] = []
-    products: dict[str, Product] = {}
-    for index, record in enumerate(frame.to_dict(orient="records")):
-        row = index + row_offset
-        pid = _clean(record.get(PRODUCT_ID))
-        if pid is None:
-            issues.append(RowIssue(row, None, "missing product_id"))
-            continue
-        raw_images = _clean(record.get(IMAGE))
-        if raw_images is None:
-            issues.append(RowIssue(row, pid, "missing image"))
-            continue
-        try:
-            price = parse_price(record.get(PRICE))
-        except ValueError:
+
+def _row_product(
+    record: dict[str, Any],
+    row: int,
+    extra: list[str],
+    products: dict[str, Product],
+    folder: Path,
+    root: Path | None,
+    issues: list[RowIssue],
+) -> Product | None:
+    """The product after this row (a new one, or a known one with more images), or None when the row
+    is skipped (its reason appended to ``issues``)."""
+    pid = _clean(record.get(PRODUCT_ID))
+    if pid is None:
+        issues.append(RowIssue(row, None, "missing product_id"))
+        return None
+    raw_images = _clean(record.get(IMAGE))
+    if raw_images is None:
+        issues.append(RowIssue(row, pid, "missing image"))
+        return None
+    try:
+        price = parse_price(record.get(PRICE))
+    except ValueError:
+        issues.append(RowIssue(row, pid, f"price {_clean(record.get(PRICE))!r} is not a non-negative number"))
+        return None
+    sources = _image_sources(raw_images, row, pid, folder, root, issues)
+    if not sources:
+        return None
+    fields = {
+        TITLE: _clean(record.get(TITLE)) or pid,
+        CATEGORY: _clean(record.get(CATEGORY)),
+        BRAND: _clean(record.get(BRAND)),
+        PRICE: price,
+        DESCRIPTION: _clean(record.get(DESCRIPTION)),
+        URL: _clean(record.get(URL)),
+    }
+    attributes = {c: v for c in extra if (v := _clean(record.get(c))) is not None}
+    known = products.get(pid)
+    if known is None:
+        images = tuple(CatalogImage(pid, i, s, row) for i, s in enumerate(sources))
+        product = Product(product_id=pid, attributes=attributes, images=images, **fields)
+    else:
+        conflicts = [
+            name
+            for name, value in fields.items()
+            if _clean(record.get(name)) is not None and value != getattr(known, name)
+        ]
+        if conflicts:
             issues.append(
-                RowIssue(row, pid, f"price {_clean(record.get(PRICE))!r} is not a non-negative number")
+                RowIssue(row, pid, f"duplicate product_id with different {', '.join(conflicts)}; row skipped")
             )
+            return None
+        seen = {img.source for img in known.images}
+        start = len(known.images)
+        images = known.images + tuple(
+            CatalogImage(pid, start + i, s, row) for i, s in enumerate(s for s in sources if s not in seen)
+        )
+        product = Product(
+            **{**known.__dict__, "images": images, "attributes": {**attributes, **known.attributes}}
+        )
+    if len(product.images) > MAX_IMAGES_PER_PRODUCT:
+        issues.append(
+            RowIssue(row, pid, f"more than {MAX_IMAGES_PER_PRODUCT} images; the extra ones are ignored")
+        )
+        product = Product(**{**product.__dict__, "images": product.images[:MAX_IMAGES_PER_PRODUCT]})
+    return product
+
+
+def _image_sources(
+    raw_images: str, row: int, pid: str, folder: Path, root: Path | None, issues: list[RowIssue]
+) -> list[str]:
+    """The row's ``|``-separated images that exist (inside ``root`` when confined), else an issue each."""
+    sources: list[str] = []
+    for entry in (e.strip() for e in raw_images.split("|")):
+        if not entry:
             continue
-        sources: list[str] = []
-        for entry in (e.strip() for e in raw_images.split("|")):
-            if not entry:
+        if root is not None:
+            confined = _confined_image(entry, root)
+            if confined is None:
+                issues.append(RowIssue(row, pid, f"image not found in the zip: {entry}"))
                 continue
-            if root is not None:
-                confined = _confined_image(entry, root)
-                if confined is None:
-                    issues.append(RowIssue(row, pid, f"image not found in the zip: {entry}"))
-                    continue
-                source = confined
-            else:
-                source = _resolve_image(entry, path.parent)
-                if not is_url(source) and not Path(source).is_file():
-                    issues.append(RowIssue(row, pid, f"image file not found: {entry}"))
-                    continue
-            sources.append(source)
-        if not sources:
-            continue
-        fields = {
-            TITLE: _clean(record.get(TITLE)) or pid,
-            CATEGORY: _clean(record.get(CATEGORY)),
-            BRAND: _clean(record.get(BRAND)),
-            PRICE: price,
-            DESCRIPTION: _clean(record.get(DESCRIPTION)),
-            URL: _clean(record.get(URL)),
-        }
-        attributes = {c: v for c in extra if (v := _clean(record.get(c))) is not None}
-        known = products.get(pid)
-        if known is not None:
-            conflicts = [
-                name
-                for name, value in fields.items()
-                if _clean(record.get(name)) is not None and value != getattr(known, name)
-            ]
-            if conflicts:
-                issues.append(
-                    RowIssue(
-                        row, pid, f"duplicate product_id with different {', '.join(conflicts)}; row skipped"
-                    )
-                )
-                continue
-            seen = {img.source for img in known.images}
-            sources = [s for s in sources if s not in seen]
-            start = len(known.images)
-            images = known.images + tuple(CatalogImage(pid, start + i, s, row) for i, s in enumerate(sources))
-            attributes = {**attributes, **known.attributes}
-            product = Product(**{**known.__dict__, "images": images, "attributes": attributes})
+            source = confined
         else:
-            images = tuple(CatalogImage(pid, i, s, row) for i, s in enumerate(sources))
-            product = Product(product_id=pid, attributes=attributes, images=images, **fields)
-        if len(product.images) > MAX_IMAGES_PER_PRODUCT:
-            issues.append(
-                RowIssue(row, pid, f"more than {MAX_IMAGES_PER_PRODUCT} images; the extra ones are ignored")
-            )
-            product = Product(**{**product.__dict__, "images": product.images[:MAX_IMAGES_PER_PRODUCT]})
-        products[pid] = product
-    if frame.empty:
-        issues.append(RowIssue(None, None, "the catalog has no rows"))
-    return Catalog(path=path, products=list(products.values()), issues=issues, extra_columns=extra)
+            source = _resolve_image(entry, folder)
+            if not is_url(source) and not Path(source).is_file():
+                issues.append(RowIssue(row, pid, f"image file not found: {entry}"))
+                continue
+        sources.append(source)
+    return sources

@@ -43,6 +43,8 @@ from .core.types import (
 from .encoders import Encoder, create_encoder
 from .images.background import BackgroundRemoval, BackgroundRemovalUnavailable, BackgroundRemover
 from .images.load import load_image, source_sha256
+from .query_views import MODES as BACKGROUND_MODES
+from .query_views import ObjectBox, QueryView, best_per_product, search_views
 from .store import VectorStore, open_store
 
 # Hashing and decoding are I/O + C code that release the GIL; URL catalogs need more than the core count.
@@ -53,6 +55,9 @@ MAX_TOP_K = 1000
 # Scores are cosine similarities.
 MIN_SCORE, MAX_SCORE = -1.0, 1.0
 DEFAULT_TEXT_WEIGHT = 0.5
+# How a photo is searched (query_views): "auto" = object-aware views fused, "off" = the whole photo,
+# "on" = the background-removed cut-out.
+DEFAULT_BACKGROUND = "auto"
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class QueryOptions:
     top_k: int
     score_threshold: float | None
     text_weight: float
+    background: str = DEFAULT_BACKGROUND
+    box_index: int | None = None
 
 
 def _number(value: Any, what: str) -> float:
@@ -82,9 +89,13 @@ def check_query_options(
     text_weight: Any = DEFAULT_TEXT_WEIGHT,
     *,
     max_top_k: int = MAX_TOP_K,
+    background: Any = None,
+    box_index: Any = None,
 ) -> QueryOptions:
     """Validate top_k (whole, 1..max_top_k), the score threshold (finite, within the cosine range
-    -1..1, None for none) and the text weight (finite, 0..1, None for the default).
+    -1..1, None for none), the text weight (finite, 0..1, None for the default), the photo's
+    background mode (auto/off/on, None for auto) and the object index (whole, >= 0, None for the
+    first object).
 
     Raises InvalidQueryError with a one-line message; the CLI, API and UI show it unchanged, so
     keep the wording stable.
@@ -113,7 +124,22 @@ def check_query_options(
         weight = _number(text_weight, "The text weight")
         if not 0.0 <= weight <= 1.0:
             raise InvalidQueryError(f"The text weight must be between 0 and 1, got {weight:g}.")
-    return QueryOptions(top_k=k, score_threshold=threshold, text_weight=weight)
+    mode = DEFAULT_BACKGROUND
+    if background is not None and background != "":
+        mode = str(background).strip().lower() if isinstance(background, str) else ""
+        if mode not in BACKGROUND_MODES:
+            raise InvalidQueryError(
+                f"background must be one of {', '.join(BACKGROUND_MODES)}, not {background!r}."
+            )
+    index = None
+    if box_index is not None and box_index != "":
+        number = _number(box_index, "The object number")
+        if not number.is_integer() or number < 0:
+            raise InvalidQueryError(f"The object number must be a whole number from 0, not {box_index!r}.")
+        index = int(number)
+    return QueryOptions(
+        top_k=k, score_threshold=threshold, text_weight=weight, background=mode, box_index=index
+    )
 
 
 @dataclass(frozen=True)
@@ -161,6 +187,15 @@ class SearchResponse:
     # The photo/text query's embedding (search() only): pass it to recommend(query_vector=...) to
     # refine this search with likes and dislikes.
     query_vector: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # Photo searches through search_photo(): the background mode used (auto/off/on), every view
+    # that was searched (the preview), the objects found (chips), which one the views show, and
+    # how the views' results were combined ("max", or "single" for one view).
+    pipeline: str | None = None
+    views: list[QueryView] = field(default_factory=list, repr=False, compare=False)
+    objects: list[ObjectBox] = field(default_factory=list)
+    box_index: int | None = None
+    fusion: str | None = None
+    prepare_ms: float = 0.0  # photo decoding, background removal and making the views
 
 
 @dataclass(frozen=True)
@@ -369,9 +404,27 @@ class SearchEngine:
         top_k: int = 12,
         score_threshold: float | None = None,
         remove_background: bool = False,
+        background: str | None = None,
+        box_index: int | None = None,
     ) -> SearchResponse:
         """Search by photo, text, or both. Raises VisualSearchError subclasses with human messages
-        (InvalidQueryError for bad options, ModelMismatchError for an index of another model)."""
+        (InvalidQueryError for bad options, ModelMismatchError for an index of another model).
+
+        With ``background`` (auto/off/on) a photo goes through :meth:`search_photo` (the
+        object-aware pipeline); without it, the photo is embedded whole, or its cut-out with
+        ``remove_background`` (the behaviour before the pipeline, kept for existing callers).
+        """
+        if background is not None and image is not None:
+            return self.search_photo(
+                image,
+                background=background,
+                box_index=box_index,
+                text=text,
+                text_weight=text_weight,
+                filters=filters,
+                top_k=top_k,
+                score_threshold=score_threshold,
+            )
         started = time.perf_counter()
         options = check_query_options(top_k, score_threshold, text_weight)
         top_k, score_threshold, text_weight = options.top_k, options.score_threshold, options.text_weight
@@ -409,6 +462,94 @@ class SearchEngine:
             total_ms=(time.perf_counter() - started) * 1000,
             query_vector=vector,
         )
+
+    def search_photo(
+        self,
+        image: Image.Image | str | Path | bytes,
+        *,
+        background: str = DEFAULT_BACKGROUND,
+        box_index: int | None = None,
+        text: str | None = None,
+        text_weight: float = DEFAULT_TEXT_WEIGHT,
+        filters: SearchFilters | None = None,
+        top_k: int = 12,
+        score_threshold: float | None = None,
+    ) -> SearchResponse:
+        """Search a shopper's photo through the object-aware pipeline (visual_search.query_views).
+
+        ``background``: ``auto`` (default: the chosen object's cut-out and its box, one batched
+        forward, best score per product), ``off`` (the whole photo) or ``on`` (the cut-out on
+        white). ``box_index`` picks the object (0 = the largest/most central; see
+        ``response.objects``). With ``text`` the text embedding is blended into every view's vector
+        with ``text_weight`` before fusion. The response carries the views searched and the
+        objects found, for the preview and the chips.
+        """
+        started = time.perf_counter()
+        options = check_query_options(
+            top_k, score_threshold, text_weight, background=background, box_index=box_index
+        )
+        filters = filters or SearchFilters()
+        self.check_index_model()
+        text = (text or "").strip() or None
+        text_start = time.perf_counter()
+        text_vector = self.encoder.embed_texts([text])[0] if text is not None else None
+        text_ms = (time.perf_counter() - text_start) * 1000 if text is not None else 0.0
+        found = search_views(
+            self,
+            image,
+            options.background,
+            top_k=options.top_k,
+            filters=filters,
+            score_threshold=options.score_threshold,
+            box_index=options.box_index,
+            text_vector=text_vector,
+            text_weight=options.text_weight,
+        )
+        return SearchResponse(
+            results=found.results,
+            mode="image+text" if text is not None else "image",
+            filters=filters,
+            top_k=options.top_k,
+            score_threshold=options.score_threshold,
+            text_weight=options.text_weight if text is not None else None,
+            background=found.background,
+            notes=list(found.notes),
+            embed_ms=found.embed_ms + text_ms,
+            search_ms=found.search_ms,
+            total_ms=(time.perf_counter() - started) * 1000,
+            query_vector=found.query_vector(),
+            pipeline=options.background,
+            views=found.query_views(),
+            objects=found.object_boxes(),
+            box_index=found.box_index if found.boxes else None,
+            fusion=found.fusion,
+            prepare_ms=found.prepare_ms,
+        )
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        depth: int,
+        filters: SearchFilters | None = None,
+        score_threshold: float | None = None,
+    ) -> list[dict[str, Hit]]:
+        """For each query vector (one per view), the best hit of each of its ``depth`` nearest
+        products (product id -> hit). The store answers one vector per call (Edge has no batch
+        query); the point limit widens until ``depth`` products came back or the store ran out."""
+        out: list[dict[str, Hit]] = []
+        for vector in np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1):
+            limit = max(depth * 4, 16)
+            while True:
+                hits = self.store.search(vector, limit, filters, score_threshold)
+                best = best_per_product(hits)
+                if len(best) >= depth or len(hits) < limit or limit >= 4096:
+                    break
+                limit *= 4
+            out.append(best)
+        return out
+
+    def search_by_image(self, image: Image.Image | str | Path | bytes, **kwargs: Any) -> SearchResponse:
+        return self.search(image=image, **kwargs)
 
     def search_by_text(self, text: str, **kwargs: Any) -> SearchResponse:
         return self.search(text=text, **kwargs)

@@ -50,9 +50,14 @@ team's (its clutter R@1 with the whole photo is 0.38; here 0.19 / 0.06).
 
 Latency: auto = today's ``on`` (one u2netp pass) + one batched forward of 2 views instead of 1.
 
-This is written against the engine's public pieces only (``engine.encoder.embed_images``,
-``engine.store.search``, ``engine.background_remover.remove``), so it can be wired into the engine,
-UI and CLI without changes to them.
+Photo + text ("like this, but in blue"): the text embedding is blended into EVERY searched view's
+vector with the same weight (``(1 - w) * view + w * text``, normalised), then the views are fused as
+for a photo alone. Blending into one chosen view only would throw away what the other views add on
+clutter; blending into each keeps the text's pull the same whichever view wins a product.
+
+The engine's :meth:`SearchEngine.search_photo` is the public entry point (validation, model check,
+a SearchResponse with the views and boxes); this module needs only ``engine.encoder.embed_images``,
+``engine.background_remover.remove`` and ``engine.search_vectors`` (or ``engine.store.search``).
 """
 
 from __future__ import annotations
@@ -75,8 +80,11 @@ __all__ = [
     "AUTO_VIEWS",
     "FUSIONS",
     "MODES",
+    "VIEW_LABELS",
     "VIEW_NAMES",
     "Box",
+    "ObjectBox",
+    "QueryView",
     "PreparedViews",
     "ViewSearch",
     "detect_objects",
@@ -86,12 +94,15 @@ __all__ = [
     "fuse_rrf",
     "make_views",
     "prepare_views",
+    "best_per_product",
     "search_vectors",
     "search_views",
 ]
 
 MODES = ("auto", "off", "on")
 VIEW_NAMES = ("photo", "cutout", "box", "centre")
+# What the preview calls each view (shoppers never see the internal names).
+VIEW_LABELS = {"photo": "whole photo", "cutout": "cut-out", "box": "object box", "centre": "centre"}
 FUSIONS = ("max", "mean", "rrf", "embed")
 RRF_K = 60
 AUTO_VIEWS: tuple[str, ...] = ("cutout", "box")
@@ -126,6 +137,38 @@ class Box:
 
     def as_tuple(self) -> tuple[int, int, int, int]:
         return self.x0, self.y0, self.x1, self.y1
+
+    def normalised(self, width: int, height: int) -> ObjectBox:
+        """The box as shares of the photo's width and height (what the UI and API hand out)."""
+        w, h = max(1, width), max(1, height)
+        return ObjectBox(
+            round(self.x0 / w, 4),
+            round(self.y0 / h, 4),
+            round(self.x1 / w, 4),
+            round(self.y1 / h, 4),
+            round(self.area, 4),
+        )
+
+
+@dataclass(frozen=True)
+class ObjectBox:
+    """An object in the photo as fractions 0..1 of its width/height (x1, y1 exclusive) and the
+    share of the photo's pixels it covers; independent of the size the photo was searched at."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    area: float
+
+
+@dataclass(frozen=True)
+class QueryView:
+    """One view of the photo that was searched (name from VIEW_NAMES, a label for people)."""
+
+    name: str
+    label: str
+    image: Image.Image = field(repr=False, compare=False)
 
 
 def detect_objects(
@@ -333,23 +376,33 @@ def search_vectors(
     """For each query vector, the best hit per product among the nearest points (product -> hit).
 
     ``depth`` products are wanted; the point limit is widened until that many distinct products
-    came back or the store has no more. A standalone stand-in for a batched engine search.
+    came back or the store has no more. The engine's :meth:`SearchEngine.search_vectors` is the
+    same call on its own store; this one takes any store (benchmarks, tests).
     """
     out: list[dict[str, Hit]] = []
     for vector in vectors:
         limit = max(depth * 4, 16)
         while True:
             hits = store.search(vector, limit, filters, score_threshold)
-            best: dict[str, Hit] = {}
-            for hit in hits:
-                pid = str(hit.payload.get(PRODUCT_ID))
-                if pid not in best or hit.score > best[pid].score:
-                    best[pid] = hit
+            best = best_per_product(hits)
             if len(best) >= depth or len(hits) < limit or limit >= 4096:
                 break
             limit *= 4
         out.append(best)
     return out
+
+
+def best_per_product(hits: Sequence[Hit], exclude: Sequence[str] = ()) -> dict[str, Hit]:
+    """The best-scoring hit of each product (product id -> hit), leaving out ``exclude``."""
+    excluded = set(exclude)
+    best: dict[str, Hit] = {}
+    for hit in hits:
+        pid = str(hit.payload.get(PRODUCT_ID))
+        if pid in excluded:
+            continue
+        if pid not in best or hit.score > best[pid].score:
+            best[pid] = hit
+    return best
 
 
 @dataclass
@@ -386,7 +439,22 @@ class ViewSearch:
     embed_ms: float = 0.0  # one batched forward over all views
     search_ms: float = 0.0
     total_ms: float = 0.0
-    vectors: np.ndarray | None = field(default=None, repr=False)
+    vectors: np.ndarray | None = field(default=None, repr=False)  # per view (text blended in)
+    photo_size: tuple[int, int] = (0, 0)  # the photo's (width, height): boxes are in its pixels
+
+    def object_boxes(self) -> list[ObjectBox]:
+        """The objects as fractions of the photo (for the UI's chips and the API)."""
+        return [box.normalised(*self.photo_size) for box in self.boxes]
+
+    def query_views(self) -> list[QueryView]:
+        return [QueryView(name, VIEW_LABELS.get(name, name), img) for name, img in self.views.items()]
+
+    def query_vector(self) -> np.ndarray | None:
+        """One vector for the whole query (the normalised mean of the views): what likes and
+        dislikes refine (recommend's extra positive example)."""
+        if self.vectors is None or not len(self.vectors):
+            return None
+        return _normalise(self.vectors.mean(axis=0))
 
 
 def prepare_views(
@@ -394,13 +462,15 @@ def prepare_views(
     image: Any,
     mode: str = "auto",
     *,
-    box_index: int = 0,
+    box_index: int | None = None,
     names: Sequence[str] | None = None,
 ) -> PreparedViews:
     """Load the photo, run background removal (modes ``auto``/``on``), find objects, make views.
 
-    ``names`` overrides the views of ``auto`` (benchmarks pass all of VIEW_NAMES). Background
-    removal that is unavailable or fails leaves the whole photo as the only view, with a note.
+    ``names`` overrides the views of ``auto`` (benchmarks pass all of VIEW_NAMES). ``box_index``
+    picks the object (None: the first); in mode ``on`` None means today's cut-out of every salient
+    pixel and a number that object's cut-out alone. Background removal that is unavailable or
+    fails leaves the whole photo as the only view, with a note.
     """
     from .core.errors import ImageError
     from .images.background import BackgroundRemovalUnavailable
@@ -420,14 +490,17 @@ def prepare_views(
         return PreparedViews(photo, {"photo": photo}, [], 0, None, notes, _ms(started))
     if background.note:
         notes.append(background.note)
-    if mode == "on":  # today's "remove background": every salient pixel, on white
-        boxes = detect_objects(background.mask) if background.bbox is not None else []
-        return PreparedViews(photo, {"cutout": background.cleaned}, boxes, 0, background, notes, _ms(started))
     boxes = detect_objects(background.mask) if background.bbox is not None else []
-    if boxes and not 0 <= box_index < len(boxes):
+    if box_index is not None and boxes and not 0 <= box_index < len(boxes):
         raise VisualSearchError(f"There is no object {box_index + 1} in this photo (found {len(boxes)}).")
-    views = make_views(photo, background.mask if boxes else None, boxes, box_index, names or AUTO_VIEWS)
-    return PreparedViews(photo, views, boxes, box_index if boxes else 0, background, notes, _ms(started))
+    if mode == "on" and (box_index is None or not boxes):  # today's "remove background"
+        return PreparedViews(photo, {"cutout": background.cleaned}, boxes, 0, background, notes, _ms(started))
+    index = box_index or 0
+    view_names = ("cutout",) if mode == "on" else (names or AUTO_VIEWS)
+    views = make_views(photo, background.mask if boxes else None, boxes, index, view_names)
+    if not views:  # no object found: the whole photo is all there is to search
+        views = {"photo": photo}
+    return PreparedViews(photo, views, boxes, index if boxes else 0, background, notes, _ms(started))
 
 
 def search_views(
@@ -438,38 +511,52 @@ def search_views(
     top_k: int = 12,
     filters: SearchFilters | None = None,
     score_threshold: float | None = None,
-    box_index: int = 0,
+    box_index: int | None = None,
     fusion: str | None = None,
     names: Sequence[str] | None = None,
     depth: int | None = None,
+    text_vector: np.ndarray | None = None,
+    text_weight: float = 0.5,
 ) -> ViewSearch:
     """Search a photo by several views in one batched forward and fuse the per-product scores.
 
     ``mode``: ``auto`` (AUTO_VIEWS fused by AUTO_FUSION), ``off`` (whole photo) or ``on`` (cut-out
     on white). ``box_index`` picks the object (``boxes`` order). ``fusion``/``names`` override the
     auto choice (for measurements). ``depth`` products are fetched per view (default 4 x top_k,
-    at least 50) so that fusion sees each view's near misses.
+    at least 50) so that fusion sees each view's near misses. ``text_vector`` (a normalised text
+    embedding) is blended into every view with ``text_weight`` (see the module docstring).
     """
     started = time.perf_counter()
     filters = filters or SearchFilters()
-    prepared = prepare_views(engine, image, mode, box_index=box_index, names=names)
     method = fusion or AUTO_FUSION
     if method not in FUSIONS:
         raise VisualSearchError(f"Unknown fusion '{method}'; use one of {', '.join(FUSIONS)}.")
+    prepared = prepare_views(engine, image, mode, box_index=box_index, names=names)
     names_used = list(prepared.views)
     embed_start = time.perf_counter()
-    vectors = engine.encoder.embed_images([prepared.views[n] for n in names_used])
+    vectors = np.asarray(engine.encoder.embed_images([prepared.views[n] for n in names_used]), np.float32)
+    if text_vector is not None:
+        weight = float(text_weight)
+        blended = (1.0 - weight) * vectors + weight * np.asarray(text_vector, np.float32)[None, :]
+        vectors = np.stack([_normalise(row) for row in blended])
     embed_ms = _ms(embed_start)
     search_start = time.perf_counter()
     want = depth or max(4 * top_k, 50)
+    run = getattr(engine, "search_vectors", None)
+
+    def searched(queries: np.ndarray) -> list[dict[str, Hit]]:
+        if run is not None:
+            return run(queries, want, filters, score_threshold)
+        return search_vectors(engine.store, queries, want, filters, score_threshold)
+
     if len(names_used) == 1 or method == "embed":
         query = _normalise(vectors.mean(axis=0))
-        per_view_hits = search_vectors(engine.store, query[None, :], want, filters, score_threshold)
+        per_view_hits = searched(query[None, :])
         fused = [(pid, hit.score) for pid, hit in _by_score(per_view_hits[0])]
         representative = per_view_hits[0]
         per_view = {}
     else:
-        per_view_hits = search_vectors(engine.store, vectors, want, filters, score_threshold)
+        per_view_hits = searched(vectors)
         scores = [{pid: hit.score for pid, hit in hits.items()} for hits in per_view_hits]
         fused = fuse(method, scores)
         representative = _best_hits(per_view_hits)
@@ -496,6 +583,7 @@ def search_views(
         search_ms=_ms(search_start),
         total_ms=_ms(started),
         vectors=vectors,
+        photo_size=prepared.photo.size,
     )
 
 

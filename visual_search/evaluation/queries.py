@@ -138,6 +138,14 @@ def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:limit] or "x"
 
 
+def _write_query_csv(folder: Path, rows: list[dict[str, str]], columns: list[str]) -> None:
+    """``queries.csv`` beside the generated photos, reusable with ``--queries``."""
+    with (folder / "queries.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def synthetic_queries(source: Any, n: int = 50, out_dir: str | Path | None = None, seed: int = 0) -> QuerySet:
     """N SYNTHETIC shopper photos of catalog products, saved as JPEG under ``out_dir``.
 
@@ -182,10 +190,7 @@ def synthetic_queries(source: Any, n: int = 50, out_dir: str | Path | None = Non
         image.save(folder / name, "JPEG", quality=95)
         queries.append(Query((pid,), str(folder / name), category=item.category, query_id=name))
         rows.append({"query_image": name, "expected": pid, "source_image": item.source})
-    with (folder / "queries.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, ["query_image", "expected", "source_image"])
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_query_csv(folder, rows, ["query_image", "expected", "source_image"])
     if not queries:
         raise VisualSearchError("None of the catalog images could be read to build synthetic queries")
     return QuerySet(
@@ -253,10 +258,7 @@ def shopper_queries(
         made = _shopper_kind(kind, n, seed, by_product, pool, photo, folder)
         queries += [query for query, _ in made]
         rows += [row for _, row in made]
-    with (folder / "queries.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, ["query_image", "expected", "kind", "source_image"])
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_query_csv(folder, rows, ["query_image", "expected", "kind", "source_image"])
     if not queries:
         raise VisualSearchError("None of the catalog images could be read to build shopper queries")
     return QuerySet(

@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from visual_search.core.errors import ImageError
-from visual_search.images.load import _WHITE, _check_pixels, _reason, _shrink, to_rgb
+from visual_search.images.load import _WHITE, _check_pixels, _shrink, to_rgb
+from visual_search.images.messages import reason
 
 __all__ = [
     "REMBG_WORK_SIDE",
@@ -118,7 +119,7 @@ class BackgroundRemover:
             from rembg.sessions import sessions_class
         except Exception as e:  # noqa: BLE001 - missing package or broken install: same outcome
             raise BackgroundRemovalUnavailable(
-                f"Background removal is off: the rembg package cannot be imported ({_reason(e)}). "
+                f"Background removal is off: the rembg package cannot be imported ({reason(e)}). "
                 "Install it with 'pip install rembg onnxruntime'. Search continues without background removal."
             ) from None
         session_cls = next((c for c in sessions_class if c.name() == self.model_name), None)
@@ -136,7 +137,7 @@ class BackgroundRemover:
         except Exception as e:  # noqa: BLE001 - corrupt file, onnxruntime trouble, anything
             raise BackgroundRemovalUnavailable(
                 f"Background removal is off: the rembg model '{self.model_name}' could not be loaded "
-                f"({_reason(e)}). Replace {self.model_name}.onnx in {_home_hint()}. "
+                f"({reason(e)}). Replace {self.model_name}.onnx in {_home_hint()}. "
                 "Search continues without background removal."
             ) from None
 
@@ -165,7 +166,7 @@ class BackgroundRemover:
             masks = session.predict(work)
         except Exception as e:  # noqa: BLE001 - onnxruntime failures: this photo only, not the app
             raise ImageError(
-                f"Background removal failed on this photo ({_reason(e)}); search it without removal."
+                f"Background removal failed on this photo ({reason(e)}); search it without removal."
             ) from None
         soft = masks[0].convert("L")
         for extra in masks[1:]:  # multi-class models (e.g. cloth segmentation): union of classes

@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from visual_search.core.errors import ImageError
+from visual_search.images.messages import cap, mb, short
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -208,7 +209,7 @@ def check_url(url: str, policy: FetchPolicy | None = None, resolver: Resolver | 
     """
     policy = policy or _default_policy
     resolver = resolver or policy.resolver or _system_resolver
-    label = _short(url)
+    label = short(url)
     try:
         parts = urllib.parse.urlsplit(url.strip())
         port = parts.port
@@ -344,13 +345,13 @@ def fetch(url: str, policy: FetchPolicy | None = None) -> FetchedImage:
             return future.result(timeout=policy.timeout_s + _LOOKUP_GRACE_S)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise _too_slow(_short(url.strip()), policy) from None
+            raise _too_slow(short(url.strip()), policy) from None
     finally:
         slots.release()
 
 
 def _fetch_now(url: str, policy: FetchPolicy, deadline: float) -> FetchedImage:
-    label = _short(url.strip())
+    label = short(url.strip())
     watchdog = _Watchdog(deadline - time.monotonic())
     try:
         current = url.strip()
@@ -444,12 +445,12 @@ def _read_body(
     kind = ctype_header.split(";", 1)[0].strip().lower() if ctype_header else None
     if kind and not kind.startswith("image/") and kind not in _DOWNLOADABLE_TYPES:
         raise FetchError(
-            f"{_cap(label)} is not an image: the server sent {kind}. "
+            f"{cap(label)} is not an image: the server sent {kind}. "
             "Use the direct link to the picture (right-click it, 'Copy image address')."
         )
     length = response.getheader("Content-Length")
     if length and length.strip().isdigit() and int(length) > policy.max_bytes:
-        raise FetchError(f"{_cap(label)} is {_mb(int(length))}; the limit is {_mb(policy.max_bytes)}.")
+        raise FetchError(f"{cap(label)} is {mb(int(length))}; the limit is {mb(policy.max_bytes)}.")
     chunks: list[bytes] = []
     total = 0
     try:
@@ -463,7 +464,7 @@ def _read_body(
             chunks.append(chunk)
             total += len(chunk)
             if total > policy.max_bytes:
-                raise FetchError(f"{_cap(label)} is larger than the limit of {_mb(policy.max_bytes)}.")
+                raise FetchError(f"{cap(label)} is larger than the limit of {mb(policy.max_bytes)}.")
     except FetchError:
         raise
     except TimeoutError:
@@ -476,10 +477,10 @@ def _read_body(
         raise _too_slow(label, policy)
     data = b"".join(chunks)
     if not data:
-        raise FetchError(f"{_cap(label)} is empty (0 bytes), so there is no picture to read.")
+        raise FetchError(f"{cap(label)} is empty (0 bytes), so there is no picture to read.")
     if (not kind or kind in _DOWNLOADABLE_TYPES) and not (data.startswith(_IMAGE_MAGIC) or _sniff_more(data)):
         raise FetchError(
-            f"{_cap(label)} is not an image: the server did not say what it is and it does not look like one."
+            f"{cap(label)} is not an image: the server did not say what it is and it does not look like one."
         )
     return FetchedImage(url=url, data=data, content_type=kind)
 
@@ -510,15 +511,3 @@ def with_limits(
     if max_bytes is not None:
         changes["max_bytes"] = max_bytes
     return replace(policy, **changes) if changes else policy
-
-
-def _short(text: str, limit: int = 100) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _cap(label: str) -> str:
-    return label[:1].upper() + label[1:] if label[:1].islower() else label
-
-
-def _mb(n: int) -> str:
-    return f"{n / (1024 * 1024):.1f} MB"

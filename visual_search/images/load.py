@@ -33,6 +33,7 @@ from PIL import Image
 from visual_search.core.errors import ImageError
 from visual_search.images import fetch as _fetch
 from visual_search.images.fetch import FetchPolicy
+from visual_search.images.messages import cap, mb, reason, short
 
 __all__ = [
     "EMBED_MAX_SIDE",
@@ -116,16 +117,16 @@ def load_image(
         data, label = bytes(source), "the uploaded file"
     elif isinstance(source, str) and _URL_RE.match(source.strip()):
         url = source.strip()
-        data, label = _download(url, timeout, max_bytes, policy), _short(url)
+        data, label = _download(url, timeout, max_bytes, policy), short(url)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(os.fspath(source)).expanduser()
         data, label = _read_file(path, max_bytes), f"'{path.name}'"
     else:
         raise TypeError(f"load_image() takes a path, URL, bytes or PIL image, not {type(source).__name__}")
     if not data:
-        raise ImageError(f"{_cap(label)} is empty (0 bytes), so there is no picture to read.")
+        raise ImageError(f"{cap(label)} is empty (0 bytes), so there is no picture to read.")
     if len(data) > max_bytes:
-        raise ImageError(f"{_cap(label)} is {_mb(len(data))}; the limit is {_mb(max_bytes)}.")
+        raise ImageError(f"{cap(label)} is {mb(len(data))}; the limit is {mb(max_bytes)}.")
     return _decode(data, label, max_side)
 
 
@@ -177,7 +178,7 @@ def _stat_file(path: Path, max_bytes: int) -> None:
     if path.is_dir():
         raise ImageError(f"{label} is a folder, not an image file.")
     if size > max_bytes:
-        raise ImageError(f"Image file {label} is {_mb(size)}; the limit is {_mb(max_bytes)}.")
+        raise ImageError(f"Image file {label} is {mb(size)}; the limit is {mb(max_bytes)}.")
 
 
 def _read_file(path: Path, max_bytes: int) -> bytes:
@@ -222,7 +223,7 @@ def _decode(data: bytes, label: str, max_side: int | None) -> Image.Image:
                     img.load()  # animated GIF/WebP/APNG: Image.open stands on the first frame
                 except Exception as e:  # noqa: BLE001 - truncated/corrupt data surfaces here, in any form
                     raise ImageError(
-                        f"{_cap(label)} is damaged or incomplete and cannot be decoded ({_reason(e)}). "
+                        f"{cap(label)} is damaged or incomplete and cannot be decoded ({reason(e)}). "
                         "Try saving or downloading it again."
                     ) from None
                 return _sanitize(img, label, max_side)
@@ -305,7 +306,7 @@ def _check_pixels(size: tuple[int, int], label: str, *, reducible: bool = True) 
     """
     width, height = size
     if width < 1 or height < 1:
-        raise ImageError(f"{_cap(label)} has no pixels ({width}x{height}).")
+        raise ImageError(f"{cap(label)} has no pixels ({width}x{height}).")
     if not reducible and width * height > MAX_DECODE_PIXELS:
         raise ImageError(_too_many_pixels(width * height, label, size, limit=MAX_DECODE_PIXELS))
     if width * height > MAX_PIXELS:
@@ -317,10 +318,10 @@ def _too_many_pixels(
 ) -> str:
     limit_text = f"the limit is {limit // 1_000_000} megapixels"
     if pixels is None:
-        return f"{_cap(label)} is too large; {limit_text}. Please use a smaller photo."
+        return f"{cap(label)} is too large; {limit_text}. Please use a smaller photo."
     dims = f" ({size[0]}x{size[1]})" if size else ""
     return (
-        f"{_cap(label)} is {pixels / 1e6:.0f} megapixels{dims}; {limit_text}. "
+        f"{cap(label)} is {pixels / 1e6:.0f} megapixels{dims}; {limit_text}. "
         "Please use a smaller version of the photo."
     )
 
@@ -329,15 +330,15 @@ def _not_an_image(data: bytes, label: str) -> str:
     head = data[:32]
     if b"ftypheic" in head or b"ftypheix" in head or b"ftypmif1" in head or b"ftyphevc" in head:
         return (
-            f"{_cap(label)} is a HEIC/HEIF photo (the iPhone default), which this app cannot read. "
+            f"{cap(label)} is a HEIC/HEIF photo (the iPhone default), which this app cannot read. "
             "Export it as JPEG or PNG, or set the camera to 'Most Compatible'."
         )
     if b"<svg" in data[:1024].lower():
-        return f"{_cap(label)} is an SVG drawing; use a PNG, JPEG or WebP picture instead."
+        return f"{cap(label)} is an SVG drawing; use a PNG, JPEG or WebP picture instead."
     if head.lstrip()[:1] in (b"<", b"{"):
-        return f"{_cap(label)} is a text/web page, not an image."
+        return f"{cap(label)} is a text/web page, not an image."
     return (
-        f"{_cap(label)} is not an image this app can read (supported: JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF)."
+        f"{cap(label)} is not an image this app can read (supported: JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF)."
     )
 
 
@@ -366,7 +367,7 @@ def _sanitize(img: Image.Image, label: str, max_side: int | None) -> Image.Image
         raise
     except Exception as e:  # noqa: BLE001 - exotic modes/plugins: still a human message
         raise ImageError(
-            f"{_cap(label)} uses a picture format this app cannot convert ({_reason(e)})."
+            f"{cap(label)} uses a picture format this app cannot convert ({reason(e)})."
         ) from None
     if img is source:
         img = img.copy()
@@ -463,25 +464,3 @@ def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     width, height = size
     scale = min(1.0, max_side / max(width, height))
     return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-# ----------------------------------------------------------------------------------------------
-# Message helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def _short(text: str, limit: int = 100) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _cap(label: str) -> str:
-    return label[:1].upper() + label[1:] if label[:1].islower() else label
-
-
-def _mb(n: int) -> str:
-    return f"{n / (1024 * 1024):.1f} MB"
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return _short(text.splitlines()[0], 160)

@@ -4,6 +4,12 @@
 JSON answers with scores, filters and latency; images are referred to by URL (``/img/<id>/<n>``),
 never by server path. Errors are one-line ``gr.Error`` messages; an uploaded photo is deleted once
 answered, and each client has a bounded number of searches in flight.
+
+The photo endpoints take ``background`` ("auto", the default: the object-aware pipeline; "off":
+the whole photo; "on": the cut-out) and ``box_index`` (which detected object to search, 0 = the
+largest/most central; the response's ``objects`` lists them as fractions of the photo). The older
+boolean ``remove_background`` still works: when sent (true/false) and ``background`` is left at
+"auto", it means "on"/"off".
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from ..engine import SearchResponse
+from ..engine import SearchResponse, check_query_options
 from ..images.load import load_image
 from .common import (
     API_MAX_TOP_K,
@@ -68,6 +74,13 @@ class SearchAPI:
             "background_removed_fraction": None
             if resp.background is None
             else round(float(resp.background.removed_fraction), 4),
+            "background": resp.pipeline,
+            "views": [{"name": v.name, "label": v.label} for v in resp.views],
+            "fusion": resp.fusion,
+            "objects": [
+                {"x0": o.x0, "y0": o.y0, "x1": o.x1, "y1": o.y1, "area": o.area} for o in resp.objects
+            ],
+            "box_index": resp.box_index,
             "results": results,
         }
 
@@ -100,6 +113,20 @@ class SearchAPI:
         except USER_ERRORS as exc:
             raise gr.Error(public_message(exc), print_exception=False) from None
 
+    @staticmethod
+    def _api_background(background: Any, remove_background: Any, box_index: Any) -> tuple[str, int | None]:
+        """The pipeline choice (the legacy boolean maps to on/off when background is left at auto)."""
+        mode = background if background not in (None, "") else "auto"
+        if isinstance(mode, str) and mode.strip().lower() == "auto" and remove_background is not None:
+            if not isinstance(remove_background, bool):
+                raise gr.Error("remove_background must be true or false.", print_exception=False)
+            mode = "on" if remove_background else "off"
+        try:
+            options = check_query_options(background=mode, box_index=box_index)
+        except USER_ERRORS as exc:
+            raise gr.Error(public_message(exc), print_exception=False) from None
+        return options.background, options.box_index
+
     def _api_common(self, top_k, categories, brands, min_price, max_price, score_threshold):
         try:
             filters = build_filters(categories, brands, min_price, max_price)
@@ -118,22 +145,26 @@ class SearchAPI:
         min_price: float | None = None,
         max_price: float | None = None,
         score_threshold: float | None = None,
-        remove_background: bool = False,
+        remove_background: bool | None = None,
+        background: str = "auto",
+        box_index: float | None = None,
         request: gr.Request | None = None,
     ) -> dict[str, Any]:
-        """Products that look like the photo."""
+        """Products that look like the photo (background auto/off/on; box_index picks the object)."""
         try:
             filters, k, thr = self._api_common(
                 top_k, categories, brands, min_price, max_price, score_threshold
             )
+            mode, index = self._api_background(background, remove_background, box_index)
             photo = self._api_image(image)
             return self._api_call(
-                lambda: self.ctx.engine.search(
-                    image=photo,
+                lambda: self.ctx.engine.search_photo(
+                    photo,
+                    background=mode,
+                    box_index=index,
                     filters=filters,
                     top_k=k,
                     score_threshold=thr,
-                    remove_background=bool(remove_background),
                 ),
                 None,
                 request,
@@ -178,10 +209,13 @@ class SearchAPI:
         min_price: float | None = None,
         max_price: float | None = None,
         score_threshold: float | None = None,
-        remove_background: bool = False,
+        remove_background: bool | None = None,
+        background: str = "auto",
+        box_index: float | None = None,
         request: gr.Request | None = None,
     ) -> dict[str, Any]:
-        """Photo + text ('like this, but in blue'); text_weight 0 = photo only, 1 = text only."""
+        """Photo + text ('like this, but in blue'); text_weight 0 = photo only, 1 = text only.
+        The text is blended into every view of the photo that is searched."""
         try:
             filters, k, thr = self._api_common(
                 top_k, categories, brands, min_price, max_price, score_threshold
@@ -199,16 +233,18 @@ class SearchAPI:
                 ) from None
             if not 0.0 <= weight <= 1.0:
                 raise gr.Error(f"text_weight must be between 0 and 1, got {weight:g}.", print_exception=False)
+            mode, index = self._api_background(background, remove_background, box_index)
             photo = self._api_image(image)
             return self._api_call(
-                lambda: self.ctx.engine.search(
-                    image=photo,
+                lambda: self.ctx.engine.search_photo(
+                    photo,
+                    background=mode,
+                    box_index=index,
                     text=text,
                     text_weight=weight,
                     filters=filters,
                     top_k=k,
                     score_threshold=thr,
-                    remove_background=bool(remove_background),
                 ),
                 text,
                 request,
@@ -284,17 +320,24 @@ def add_api_endpoints(ctx: UIContext) -> None:
         a_min = gr.Number(label="min_price", value=None)
         a_max = gr.Number(label="max_price", value=None)
         a_threshold = gr.Number(label="score_threshold", value=None)
-        a_bg = gr.Checkbox(label="remove_background", value=False)
+        # legacy true/false; null (the default) = use background. JSON, since a Checkbox has no null.
+        a_bg = gr.JSON(label="remove_background", value=None)
+        a_background = gr.Textbox(label="background", value="auto")  # auto | off | on, checked by the engine
+        a_box = gr.Number(label="box_index", value=None, precision=0)
         a_pid = gr.Textbox(label="product_id")
         a_pos = gr.JSON(label="positive_ids", value=[])
         a_neg = gr.JSON(label="negative_ids", value=[])
         a_out = gr.JSON(label="response")
         trigger = gr.Button(visible=False)
     filters = [a_top_k, a_categories, a_brands, a_min, a_max, a_threshold]
-    trigger.click(api.search_image, [a_image, *filters, a_bg], a_out, api_name="search_image")
+    photo_options = [a_bg, a_background, a_box]
+    trigger.click(api.search_image, [a_image, *filters, *photo_options], a_out, api_name="search_image")
     trigger.click(api.search_text, [a_text, *filters], a_out, api_name="search_text")
     trigger.click(
-        api.search_combined, [a_image, a_text, a_weight, *filters, a_bg], a_out, api_name="search_combined"
+        api.search_combined,
+        [a_image, a_text, a_weight, *filters, *photo_options],
+        a_out,
+        api_name="search_combined",
     )
     trigger.click(api.more_like_this, [a_pid, *filters], a_out, api_name="more_like_this")
     trigger.click(api.recommend, [a_pos, a_neg, a_top_k, a_threshold], a_out, api_name="recommend")

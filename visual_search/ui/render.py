@@ -235,16 +235,90 @@ def summary_bar(view: Mapping[str, Any]) -> str:
     if view.get("embed_ms"):
         breakdown = f' <span class="vs-dim">(model {fmt_ms(view.get("embed_ms"))}, index {fmt_ms(view.get("search_ms"))})</span>'
     notes = "".join(f'<div class="vs-note">{esc(n_)}</div>' for n_ in view.get("notes") or [])
+    pipeline = pipeline_text(view)
+    pipeline_html = (
+        f'<div class="vs-pipeline" data-testid="pipeline">{esc(pipeline)}</div>' if pipeline else ""
+    )
     return (
         '<div class="vs-summary">'
         f'<div class="vs-summary-main"><span class="vs-mode">{esc(label)}</span>'
-        f'<span class="vs-mode-extra">{extra}</span>{text_html}</div>'
+        f'<span class="vs-mode-extra">{extra}</span>{text_html}</div>{pipeline_html}'
         '<div class="vs-summary-facts">'
         f'<span class="vs-fact" data-testid="filters">Filters: {esc(view.get("filters_text") or "no filters")}</span>'
         f'<span class="vs-fact">{esc(thr)}</span>'
         f'<span class="vs-fact">{n} product{"s" if n != 1 else ""}</span>'
         f'<span class="vs-fact vs-latency" title="Time to answer this search">{ICONS["clock"]}{esc(timing)}{breakdown}</span>'
         f"</div>{notes}</div>"
+    )
+
+
+BACKGROUND_LABELS = {"auto": "Background: auto", "off": "Background: off", "on": "Background: on"}
+
+
+def pipeline_text(view: Mapping[str, Any]) -> str:
+    """How a photo was searched, in one line: the background mode, the views searched and how
+    their results were combined, and which item of the photo (when it holds several)."""
+    background = view.get("background")
+    labels = [str(v) for v in view.get("view_labels") or []]
+    if not background or not labels:
+        return ""
+    text = f"{BACKGROUND_LABELS.get(str(background), str(background))} · searched " + " + ".join(labels)
+    if len(labels) > 1:
+        text += " (best match per product)"
+    count = len(view.get("objects") or [])
+    index = view.get("box_index")
+    if count > 1 and index is not None:
+        text += f" · item {int(index) + 1} of {count}"
+    return text
+
+
+def views_preview(views: Sequence[tuple[str, str, str]], photo_url: str = "") -> str:
+    """Before/after: the photo (``photo_url``, when given) and every view that was searched, each
+    labelled (``views``: name, label, data URL)."""
+    tiles = []
+    if photo_url:
+        tiles.append(
+            f'<figure class="vs-view vs-view-source" data-view="source"><img src="{esc(file_url(photo_url))}" '
+            'alt="Your photo"><figcaption>your photo</figcaption></figure>'
+        )
+    for name, label, url in views:
+        tiles.append(
+            f'<figure class="vs-view" data-view="{esc(name)}"><img src="{esc(file_url(url))}" alt="{esc(label)}">'
+            f"<figcaption>{esc(label)}</figcaption></figure>"
+        )
+    return (
+        '<div class="vs-views"><div class="vs-views-title">What was searched</div>'
+        f'<div class="vs-views-row">{"".join(tiles)}</div></div>'
+    )
+
+
+def object_chips(photo_url: str, objects: Sequence[Mapping[str, Any]], selected: int | None) -> str:
+    """Several items in one photo: the photo with a numbered box over each item, and one chip per
+    item under it; tapping a box or a chip searches that item (static/objects.js)."""
+    if len(objects) < 2:
+        return ""
+    marks, chips = [], []
+    for i, box in enumerate(objects):
+        try:
+            x0, y0, x1, y1 = (min(max(float(box[k]), 0.0), 1.0) for k in ("x0", "y0", "x1", "y1"))
+        except (KeyError, TypeError, ValueError):
+            continue
+        on = " vs-on" if i == selected else ""
+        pressed = "true" if i == selected else "false"
+        style = f"left:{x0 * 100:.2f}%;top:{y0 * 100:.2f}%;width:{(x1 - x0) * 100:.2f}%;height:{(y1 - y0) * 100:.2f}%"
+        marks.append(
+            f'<button class="vs-obj-box{on}" data-object="{i}" style="{style}" '
+            f'aria-label="Search item {i + 1}" title="Search item {i + 1}"><span>{i + 1}</span></button>'
+        )
+        chips.append(
+            f'<button class="vs-obj-chip{on}" data-object="{i}" aria-pressed="{pressed}">'
+            f'<span class="vs-obj-n">{i + 1}</span>Item {i + 1}</button>'
+        )
+    return (
+        '<div class="vs-objects">'
+        f'<div class="vs-step">{len(chips)} items in your photo <span>tap one to search it</span></div>'
+        f'<div class="vs-obj-stage"><img src="{esc(file_url(photo_url))}" alt="Your photo" draggable="false">'
+        f'{"".join(marks)}</div><div class="vs-obj-chips">{"".join(chips)}</div></div>'
     )
 
 

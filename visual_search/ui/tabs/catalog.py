@@ -57,6 +57,10 @@ class CatalogHandlers:
             return []
         return [(f"{c.title} · {c.product_id}", c.product_id) for c in found]
 
+    def lookup_products(self, key: gr.KeyUpData):
+        """As the merchandiser types in the picker: the products matching it (bounded lookup)."""
+        return gr.update(choices=self.product_choices(key.input_value or ""))
+
     def status_html(self) -> str:
         try:
             status = self.ctx.engine.status()
@@ -258,5 +262,8 @@ def _audit_tabs(h: CatalogHandlers, private: dict) -> gr.Dropdown:
     dup_btn.click(h.duplicates, [dup_threshold, dup_limit], dup_out, **private)
     mis_btn.click(h.suspects, [mis_k, mis_limit], mis_out, **private)
     nn_btn.click(h.neighbours, [product, nn_k], nn_out, **private)
+    product.key_up(
+        h.lookup_products, None, product, trigger_mode="always_last", show_progress="hidden", **private
+    )
     eval_btn.click(h.evaluate, [eval_n, eval_bg], eval_out, concurrency_limit=1, **private)
     return product

@@ -12,7 +12,7 @@ import gradio as gr
 from .. import render
 from ..common import MAX_TOP_K, UIContext, static_text
 from ..state import SessionState
-from .search_handlers import SearchHandlers, example_label
+from .search_handlers import BACKGROUND_CHOICES, SearchHandlers, example_label
 
 
 @dataclass
@@ -36,22 +36,24 @@ def build_search_tab(ctx: UIContext) -> SearchTab:
             with gr.Row(elem_id="results-toolbar"):
                 gr.HTML('<h2 class="vs-section">Results</h2>')
                 reset_btn = gr.Button("↺ Reset likes", size="sm", scale=0, min_width=110, elem_id="reset-btn")
-            bg_preview = gr.Image(
-                label="Background removal: the photo (left) and exactly what was searched (right)",
-                type="pil",
-                interactive=False,
-                visible=False,
-                height=220,
-                buttons=["fullscreen"],
-                elem_id="bg-preview",
-            )
+            # your photo, then every view that was searched (labelled), as inline images
+            views_preview = gr.HTML("", visible=False, elem_id="views-preview")
             results = gr.HTML(
                 h.render(None), js_on_load=static_text("results.js"), elem_id="results", min_height=200
             )
 
     filter_inputs = [q["categories"], q["brands"], q["min_price"], q["max_price"], q["top_k"], q["threshold"]]
-    search_inputs = [q["photo"], q["url"], q["text"], q["text_weight"], q["remove_bg"], *filter_inputs, state]
-    search_outputs = [results, bg_preview, state]
+    search_inputs = [
+        q["photo"],
+        q["url"],
+        q["text"],
+        q["text_weight"],
+        q["background"],
+        *filter_inputs,
+        state,
+    ]
+    search_outputs = [results, views_preview, q["objects"], state]
+    card_outputs = [results, views_preview, state]
     private = {"api_visibility": "private"}
     # preprocess=False: the photo arrives as Gradio's checked upload, undecoded (see SearchHandlers.photo).
     searching = {"scroll_to_output": True, "preprocess": False, **private}
@@ -59,12 +61,15 @@ def build_search_tab(ctx: UIContext) -> SearchTab:
 
     q["search_btn"].click(h.search, search_inputs, search_outputs, **searching)
     text.submit(h.search, search_inputs, search_outputs, **searching)
-    results.click(h.card_action, [*filter_inputs, state], search_outputs, show_progress="minimal", **private)
-    reset_btn.click(h.reset, [state], search_outputs, **private)
+    results.click(h.card_action, [*filter_inputs, state], card_outputs, show_progress="minimal", **private)
+    reset_btn.click(h.reset, [state], card_outputs, **private)
+    object_inputs = [text, q["text_weight"], q["background"], *filter_inputs, state]
+    q["objects"].click(h.pick_object, object_inputs, search_outputs, scroll_to_output=True, **private)
+    photo.upload(h.hide_objects, None, [q["objects"]], **private)
     q["clear_btn"].click(
         h.clear,
         [photo],
-        [photo, url, text, results, bg_preview, state, q["crop_box"], q["photo_msg"]],
+        [photo, url, text, results, views_preview, q["objects"], state, q["crop_box"], q["photo_msg"]],
         preprocess=False,
         **private,
     )
@@ -108,8 +113,12 @@ def _query_column(ctx: UIContext, h: SearchHandlers, supports_text: bool) -> dic
         visible=supports_text,
         elem_id="text-weight",
     )
-    q["remove_bg"] = gr.Checkbox(
-        label="Remove the background first (see what was searched)", value=False, elem_id="remove-bg"
+    q["background"] = gr.Radio(
+        BACKGROUND_CHOICES,
+        value="auto",
+        label="Background",
+        info="Auto finds the item in your photo; Off searches the whole photo; On cuts the item out.",
+        elem_id="background",
     )
     _filters(ctx, h, q)
     with gr.Row(elem_id="search-buttons"):
@@ -158,6 +167,8 @@ def _photo_inputs(q: dict[str, Any]) -> None:
         q["load_btn"] = gr.Button("Load", scale=1, min_width=64, size="md", elem_id="load-url")
         q["crop_btn"] = gr.Button("✂ Crop", scale=1, min_width=64, size="md", elem_id="crop-btn")
     q["photo_msg"] = gr.HTML("", visible=False, elem_id="photo-msg")
+    # several items in the photo: numbered boxes over it and chips; a tap searches that item
+    q["objects"] = gr.HTML("", visible=False, js_on_load=static_text("objects.js"), elem_id="object-chips")
 
 
 def _filters(ctx: UIContext, h: SearchHandlers, q: dict[str, Any]) -> None:

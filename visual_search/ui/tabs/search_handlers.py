@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from ...core.errors import VisualSearchError
 from ...core.types import SearchFilters
+from ...engine import SearchResponse
 from ...images.load import load_image
 from .. import render
 from ..common import (
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 
 CARD_ACTIONS = {"more", "like", "dislike", "unlike", "undislike", "reset"}
 CROP_PREVIEW_SIDE = 1024
+VIEW_PREVIEW_SIDE = 256  # the "what was searched" tiles
+CHIPS_PHOTO_SIDE = 640  # the photo under the item chips
+BACKGROUND_CHOICES = [("Auto", "auto"), ("Off", "off"), ("On", "on")]
 
 
 def _message(html: str) -> dict[str, Any]:
@@ -47,14 +52,27 @@ def _message(html: str) -> dict[str, Any]:
     return gr.update(value=html, visible=bool(html))
 
 
+def pipeline_facts(resp: SearchResponse) -> dict[str, Any]:
+    """What the results header says about a photo search: background mode, views, objects."""
+    if resp.pipeline is None:
+        return {}
+    return {
+        "background": resp.pipeline,
+        "view_labels": [v.label for v in resp.views],
+        "objects": [asdict(o) for o in resp.objects],
+        "box_index": resp.box_index,
+    }
+
+
 def example_label(path: Path) -> str:
     return path.stem.removeprefix("example_").replace("_", " ").replace("-", " ").capitalize()
 
 
-def data_url(image: Image.Image) -> str:
-    """The photo inlined in the page (for the cropper): no server file has to outlive the search."""
+def data_url(image: Image.Image, side: int = CROP_PREVIEW_SIDE) -> str:
+    """The photo inlined in the page (cropper, chips, what was searched): no server file has to
+    outlive the search."""
     preview = image.convert("RGB")
-    preview.thumbnail((CROP_PREVIEW_SIDE, CROP_PREVIEW_SIDE))
+    preview.thumbnail((side, side))
     buffer = io.BytesIO()
     preview.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -131,7 +149,7 @@ class SearchHandlers:
         url: str,
         text: str,
         text_weight: float,
-        remove_background: bool,
+        background: str,
         categories: list[str],
         brands: list[str],
         min_price: float | None,
@@ -141,9 +159,12 @@ class SearchHandlers:
         state: SessionState | None,
         request: gr.Request,
     ):
-        """Search button: photo (else the image link), text, or both. Runs with preprocess=False."""
+        """Search button: photo (else the image link), text, or both. Runs with preprocess=False.
+
+        A photo goes through the engine's object-aware pipeline with the Background choice
+        (auto/off/on); the first (largest, most central) item is searched, the others become chips.
+        """
         state = as_state(state)
-        hidden = gr.update(visible=False, value=None)
         try:
             with self.ctx.limiter.slot(client_key(request)):
                 image = self.photo(photo, state)
@@ -151,23 +172,102 @@ class SearchHandlers:
                     state = state.copy()
                     state.remember_photo(upload_path(photo), image)  # its file is deleted once answered
                 image, text = self._query(image, url, text)
-                resp = self.ctx.engine.search(
-                    image=image,
-                    text=text or None,
-                    text_weight=float(text_weight if text_weight is not None else 0.5),
-                    filters=build_filters(categories, brands, min_price, max_price),
-                    top_k=check_top_k(top_k, MAX_TOP_K),
-                    score_threshold=threshold_or_none(threshold),
-                    remove_background=bool(remove_background) and image is not None,
+                query = (
+                    text,
+                    text_weight,
+                    background,
+                    categories,
+                    brands,
+                    min_price,
+                    max_price,
+                    top_k,
+                    threshold,
                 )
+                return self._search(state, image, None, *query, request)
         except USER_ERRORS as exc:
-            return self.render(state, public_message(exc)), hidden, state
+            return self._failed(state, public_message(exc))
         except Exception as exc:  # noqa: BLE001 - a bug must not take the app down
             log.exception("search failed")
-            return self.render(state, internal_error(exc)), hidden, state
+            return self._failed(state, internal_error(exc))
         finally:
             discard_upload(upload_path(photo))  # photos are not kept (the log keeps its own copy)
-        view = view_from_response(resp, text=text or None)
+
+    def pick_object(
+        self,
+        text: str,
+        text_weight: float,
+        background: str,
+        categories: list[str],
+        brands: list[str],
+        min_price: float | None,
+        max_price: float | None,
+        top_k: float,
+        threshold: float,
+        state: SessionState | None,
+        evt: gr.EventData,
+        request: gr.Request,
+    ):
+        """A tap on an item chip: search the same photo again for that item (the photo the chips
+        were found in, kept in the session; Background Off would ignore the item, so it means Auto)."""
+        state = as_state(state)
+        try:
+            index = int(getattr(evt, "index", -1))
+        except (TypeError, ValueError):
+            index = -1
+        if state.searched_photo is None or not 0 <= index < len(state.objects):
+            error = "That item is no longer here; search the photo again."
+            return self.render(state, error), gr.skip(), gr.update(visible=False, value=""), state
+        mode = background if background in ("auto", "on") else "auto"
+        try:
+            with self.ctx.limiter.slot(client_key(request)):
+                text = (text or "").strip()
+                query = (text, text_weight, mode, categories, brands, min_price, max_price, top_k, threshold)
+                return self._search(state, state.searched_photo, index, *query, request)
+        except USER_ERRORS as exc:
+            return self.render(state, public_message(exc)), gr.skip(), gr.skip(), state
+        except Exception as exc:  # noqa: BLE001
+            log.exception("item search failed")
+            return self.render(state, internal_error(exc)), gr.skip(), gr.skip(), state
+
+    def _failed(self, state: SessionState, message: str):
+        hidden = gr.update(visible=False, value="")
+        return self.render(state, message), hidden, hidden, state
+
+    def _search(
+        self,
+        state: SessionState,
+        image: Image.Image | None,
+        box_index: int | None,
+        text: str,
+        text_weight: float,
+        background: str,
+        categories: list[str],
+        brands: list[str],
+        min_price: float | None,
+        max_price: float | None,
+        top_k: float,
+        threshold: float,
+        request: gr.Request,
+    ):
+        """Run one search and build the four outputs: results, what was searched, chips, state."""
+        engine = self.ctx.engine
+        options = {
+            "filters": build_filters(categories, brands, min_price, max_price),
+            "top_k": check_top_k(top_k, MAX_TOP_K),
+            "score_threshold": threshold_or_none(threshold),
+        }
+        if image is None:
+            resp = engine.search(text=text or None, **options)
+        else:
+            resp = engine.search_photo(
+                image,
+                background=background or "auto",
+                box_index=box_index,
+                text=text or None,
+                text_weight=float(text_weight if text_weight is not None else 0.5),
+                **options,
+            )
+        view = view_from_response(resp, text=text or None, **pipeline_facts(resp))
         session = getattr(request, "session_hash", None)
         new_state = SessionState(
             query_id=self.ctx.log_search(view, text or None, image, session),
@@ -178,10 +278,19 @@ class SearchHandlers:
             photo_key=state.photo_key,
             photo=state.photo,
         )
+        new_state.remember_objects(image, view.get("objects") or [], resp.box_index)
+        hidden = gr.update(visible=False, value="")
         preview = hidden
-        if resp.background is not None:
-            preview = gr.update(visible=True, value=resp.background.preview())
-        return self.render(new_state), preview, new_state
+        if image is not None and any(v.name != "photo" for v in resp.views):
+            tiles = [(v.name, v.label, data_url(v.image, VIEW_PREVIEW_SIDE)) for v in resp.views]
+            preview = gr.update(
+                visible=True, value=render.views_preview(tiles, data_url(image, VIEW_PREVIEW_SIDE))
+            )
+        chips = hidden
+        if image is not None and len(resp.objects) > 1:
+            html = render.object_chips(data_url(image, CHIPS_PHOTO_SIDE), new_state.objects, resp.box_index)
+            chips = gr.update(visible=True, value=html)
+        return self.render(new_state), preview, chips, new_state
 
     def _query(self, image: Image.Image | None, url: str, text: str) -> tuple[Image.Image | None, str]:
         """The photo (else the link's picture) and the text, or a message saying what is missing."""
@@ -268,8 +377,11 @@ class SearchHandlers:
             view=view,
             photo_key=state.photo_key,
             photo=state.photo,
+            searched_photo=state.searched_photo,  # the chips still search that photo's items
+            objects=list(state.objects),
+            box_index=state.box_index,
         )
-        return self.render(new_state), gr.update(visible=False, value=None), new_state
+        return self.render(new_state), gr.update(visible=False, value=""), new_state
 
     def _vote(
         self, state: SessionState, action: str, product_id: str, rank: int | None, session: str | None
@@ -327,8 +439,12 @@ class SearchHandlers:
 
     def clear(self, photo: Any):
         discard_upload(upload_path(photo))
-        hidden = gr.update(visible=False, value=None)
-        return None, "", "", self.render(None), hidden, SessionState(), gr.update(visible=False), ""
+        hidden = gr.update(visible=False, value="")
+        return None, "", "", self.render(None), hidden, hidden, SessionState(), gr.update(visible=False), ""
+
+    def hide_objects(self):
+        """A new photo was uploaded: the chips of the last one go away until it is searched."""
+        return gr.update(visible=False, value="")
 
     # ------------------------------------------------------------ link, crop, examples
 
