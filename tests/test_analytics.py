@@ -35,7 +35,7 @@ def _photo() -> Image.Image:
 def test_photo_not_stored_by_default(tmp_path: Path) -> None:
     log = SearchLog(tmp_path / "logs" / "events.jsonl")
     qid = _search(log, photo=_photo(), session="s1")
-    assert len(qid) == 32 and int(qid, 16) >= 0
+    assert len(qid) == 32 and set(qid) <= set("0123456789abcdef")
     assert not (tmp_path / "logs" / "photos").exists()
     raw = (tmp_path / "logs" / "events.jsonl").read_text(encoding="utf-8")
     assert len(raw) < 1000  # a line of metadata, no pixels

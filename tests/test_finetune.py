@@ -466,17 +466,17 @@ def test_timm_resume_continues_exactly(
     timm_run: ft.FinetuneResult, shapes_catalog: Path, tmp_path: Path, efficientnet_weights, monkeypatch
 ) -> None:
     out = tmp_path / "interrupted"
-    real_prune = tc.prune_epochs
+    real_prune = finetune_run.prune_epochs
 
     def stop_after_first_epoch(folder: Path, epoch: int, keep) -> None:
         real_prune(folder, epoch, keep)
         if epoch == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(tc, "prune_epochs", stop_after_first_epoch)
+    monkeypatch.setattr(finetune_run, "prune_epochs", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         finetune(_timm_config(shapes_catalog, out, efficientnet_weights), progress=False, log=lambda m: None)
-    monkeypatch.setattr(tc, "prune_epochs", real_prune)
+    monkeypatch.setattr(finetune_run, "prune_epochs", real_prune)
     assert not (out / "epoch_2.pt").exists()
     messages: list[str] = []
     config = _timm_config(shapes_catalog, out, efficientnet_weights, resume=True, temperature=0.5)

@@ -520,12 +520,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_remote_unreachable_url_fails_fast_with_the_url():
+def test_remote_unreachable_url_fails_with_the_url():
     url = f"http://127.0.0.1:{_free_port()}"
-    start = time.monotonic()
     with pytest.raises(StoreUnavailableError) as err:
         RemoteStore(url, timeout=2)
-    assert time.monotonic() - start < 5
     msg = str(err.value)
     assert url in msg and "connection refused" in msg and "QDRANT_URL" in msg
     assert err.value.__cause__ is None and err.value.__suppress_context__  # one error, no chained noise

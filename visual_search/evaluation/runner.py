@@ -91,14 +91,35 @@ def evaluate_engine(
         notes[
             f"{len(missing)} expected product(s) are not in the index ({shown}); their queries cannot hit"
         ] = None
-    by_category: dict[str, list[QueryResult]] = {}
-    for r in results:
-        by_category.setdefault(r.category, []).append(r)
     model_id = engine.encoder.model_id
     if label is None and pipeline is not None:
         label = f"{model_id} [{pipeline}]"
+    return _report(
+        label or (model_id + (" + background removal" if remove_background else "")),
+        model_id,
+        query_set,
+        results,
+        list(notes),
+        remove_background,
+        pipeline,
+    )
+
+
+def _report(
+    label: str,
+    model_id: str,
+    query_set: QuerySet,
+    results: list[QueryResult],
+    notes: list[str],
+    remove_background: bool,
+    pipeline: str | None,
+) -> EvalReport:
+    """The row: metrics over all queries and per category, latency over the queries that ran."""
+    by_category: dict[str, list[QueryResult]] = {}
+    for r in results:
+        by_category.setdefault(r.category, []).append(r)
     return EvalReport(
-        label=label or (model_id + (" + background removal" if remove_background else "")),
+        label=label,
         model_id=model_id,
         remove_background=remove_background,
         query_set=query_set.name,
@@ -107,7 +128,7 @@ def evaluate_engine(
         overall=Metrics.of(results),
         per_category={c: Metrics.of(rs) for c, rs in sorted(by_category.items())},
         latency=_latency([r for r in results if r.error is None]),
-        notes=list(notes),
+        notes=notes,
         queries=results,
         query_set_description=query_set.description,
         pipeline=pipeline,

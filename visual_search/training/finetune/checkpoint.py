@@ -46,6 +46,18 @@ class RunRecord:
     best_epoch: int = 0
     epoch: int = 0  # last finished epoch
 
+    def add(
+        self, epoch: int, loss: float, lr: float, seconds: float, metrics: ValMetrics | None
+    ) -> EpochStats:
+        """Record a finished epoch; it becomes the best when validation improved (or there is none)."""
+        improved = metrics is None or self.best is None or metrics.key() > self.best.key()
+        stats = EpochStats(epoch, loss, lr, seconds, metrics, improved)
+        self.history.append(stats)
+        self.epoch = epoch
+        if improved:
+            self.best, self.best_epoch = metrics, epoch
+        return stats
+
     @classmethod
     def from_saved(cls, saved: dict[str, Any]) -> RunRecord:
         return cls(

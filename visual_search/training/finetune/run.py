@@ -35,6 +35,7 @@ from visual_search.training.finetune.config import (
     FinetuneConfig,
     FinetuneError,
     FinetuneResult,
+    ValMetrics,
 )
 from visual_search.training.finetune.data import (
     Sample,
@@ -121,15 +122,9 @@ def finetune(
     trained = 0
     for epoch in range(record.epoch + 1, config.epochs + 1):
         stats = _run_epoch(epoch, trainer, dataset, encoder, validator, config, record, progress)
-        save_epoch(out, trainer, record, config, (train_ids, val_ids), stats.best)
-        prune_epochs(out, epoch, config.keep_epochs)
+        close_epoch(out, trainer, record, config, (train_ids, val_ids), stats, say, ValMetrics.short)
         trained += 1
-        val_text = f", val {stats.val.short()}" if stats.val else ""
-        say(
-            f"epoch {epoch}/{config.epochs}: loss {stats.train_loss:.4f}{val_text}"
-            f"{' -> best.pt' if stats.best else ''} ({stats.seconds:.0f} s)"
-        )
-    return _finish(config, out, spec, encoder, validator, record, (train_ids, val_ids), trained)
+    return finish_run(config, out, spec, encoder, validator, record, (train_ids, val_ids), trained)
 
 
 def _catalog_split(
@@ -197,33 +192,41 @@ def _run_epoch(
             bar.set_postfix(loss=f"{loss:.4f}", R10=f"{metrics.i2i_recall_at_10:.3f}")
     finally:
         bar.close()
-    improved = metrics is None or record.best is None or metrics.key() > record.best.key()
-    stats = EpochStats(
-        epoch=epoch,
-        train_loss=loss,
-        lr=trainer.lr(),
-        seconds=time.perf_counter() - started,
-        val=metrics,
-        best=improved,
+    return record.add(epoch, loss, trainer.lr(), time.perf_counter() - started, metrics)
+
+
+def close_epoch(
+    out: Path,
+    trainer: Trainer,
+    record: RunRecord,
+    config: FinetuneConfig,
+    split: tuple[list[str], list[str]],
+    stats: EpochStats,
+    say: Say,
+    describe: Callable[[ValMetrics], str],
+) -> None:
+    """Checkpoint the epoch (epoch_N.pt, best.pt when it improved, last.pt), prune, and say how it went."""
+    save_epoch(out, trainer, record, config, split, stats.best)
+    prune_epochs(out, stats.epoch, config.keep_epochs)
+    val_text = f", val {describe(stats.val)}" if stats.val else ""
+    say(
+        f"epoch {stats.epoch}/{config.epochs}: loss {stats.train_loss:.4f}{val_text}"
+        f"{' -> best.pt' if stats.best else ''} ({stats.seconds:.0f} s)"
     )
-    record.history.append(stats)
-    record.epoch = epoch
-    if improved:
-        record.best, record.best_epoch = metrics, epoch
-    return stats
 
 
-def _finish(
+def finish_run(
     config: FinetuneConfig,
     out: Path,
     spec: str,
-    encoder: OpenClipEncoder,
-    validator: Validator | None,
+    encoder: Any,
+    validator: Any,
     record: RunRecord,
     split: tuple[list[str], list[str]],
     trained: int,
 ) -> FinetuneResult:
-    """Export (local-dir bases), verify that ``spec`` loads best.pt, write run.json."""
+    """Export (local-dir bases), verify that ``spec`` loads best.pt, write run.json. The encoder and
+    validator are the CLIP ones, or the timm ones (timm_contrastive)."""
     best_path = out / "best.pt"
     if not best_path.is_file():
         raise FinetuneError(

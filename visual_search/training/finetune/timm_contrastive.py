@@ -60,16 +60,11 @@ from visual_search.encoders import TimmEncoder, create_encoder
 from visual_search.training.augment import QUERY_KINDS, shopper_query, train_augment
 from visual_search.training.finetune.checkpoint import (
     RunRecord,
-    prune_epochs,
     restore,
-    save_epoch,
-    verify,
-    write_run_json,
 )
 from visual_search.training.finetune.config import (
     LOAD_MAX_SIDE,
     MAX_VAL_GALLERY,
-    EpochStats,
     FinetuneConfig,
     FinetuneError,
     FinetuneResult,
@@ -389,6 +384,34 @@ def _timm_encoder(config: FinetuneConfig) -> TimmEncoder:
     return encoder
 
 
+def _timm_trainer(
+    encoder: TimmEncoder,
+    config: TimmFinetuneConfig,
+    trainable: list[torch.nn.Parameter],
+    steps_per_epoch: int,
+) -> Trainer:
+    """AdamW over the trainable stages, warmup + cosine schedule, fp16 scaler on CUDA (no text tower)."""
+    model, device = encoder.model, encoder.device
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = round(config.warmup * total_steps)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    use_amp = uses_half_precision(device)
+    return Trainer(
+        model=model,
+        device=device,
+        trainable=trainable,
+        text_features=torch.zeros(0),
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup_steps)),
+        scaler=torch.amp.GradScaler(torch.device(device).type, enabled=use_amp),
+        use_amp=use_amp,
+        logit_scale=torch.tensor(1.0 / config.temperature),
+        accum_steps=config.accum_steps,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+    )
+
+
 def finetune_timm(
     config: FinetuneConfig,
     out: Path,
@@ -403,6 +426,8 @@ def finetune_timm(
 ) -> FinetuneResult:
     """The timm run, after run.finetune has opened the run and split the catalog (see module doc)."""
     from tqdm import tqdm
+
+    from visual_search.training.finetune.run import close_epoch, finish_run
 
     config = _as_timm_config(config)
     if saved is not None:
@@ -427,24 +452,7 @@ def finetune_timm(
     per_batch = max(2, config.batch_size // config.views)
     n_batches = len(epoch_groups(len(dataset), per_batch, config.views, config.seed, 1))
     steps_per_epoch = math.ceil(n_batches / config.accum_steps)
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup * total_steps)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
-    use_amp = uses_half_precision(device)
-    trainer = Trainer(
-        model=model,
-        device=device,
-        trainable=trainable,
-        text_features=torch.zeros(0),
-        optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup_steps)),
-        scaler=torch.amp.GradScaler(torch.device(device).type, enabled=use_amp),
-        use_amp=use_amp,
-        logit_scale=torch.tensor(1.0 / config.temperature),
-        accum_steps=config.accum_steps,
-        total_steps=total_steps,
-        warmup_steps=warmup_steps,
-    )
+    trainer = _timm_trainer(encoder, config, trainable, steps_per_epoch)
     record = RunRecord()
     if saved is not None:
         record = restore(trainer, saved)
@@ -479,42 +487,10 @@ def finetune_timm(
             metrics = validator(encoder) if validator is not None else None
         finally:
             bar.close()
-        improved = metrics is None or record.best is None or metrics.key() > record.best.key()
-        stats = EpochStats(epoch, loss, trainer.lr(), time.perf_counter() - started, metrics, improved)
-        record.history.append(stats)
-        record.epoch = epoch
-        if improved:
-            record.best, record.best_epoch = metrics, epoch
-        save_epoch(out, trainer, record, config, split, improved)
-        prune_epochs(out, epoch, config.keep_epochs)
+        stats = record.add(epoch, loss, trainer.lr(), time.perf_counter() - started, metrics)
+        close_epoch(out, trainer, record, config, split, stats, say, short)
         trained += 1
-        val_text = f", val {short(metrics)}" if metrics else ""
-        say(
-            f"epoch {epoch}/{config.epochs}: loss {loss:.4f}{val_text}"
-            f"{' -> best.pt' if improved else ''} ({stats.seconds:.0f} s)"
-        )
-
-    best_path = out / "best.pt"
-    if not best_path.is_file():
-        raise FinetuneError(
-            f"{best_path} is missing; the run in {out} looks incomplete. Resume it with --resume."
-        )
-    verify(spec, encoder, best_path, validator)  # type: ignore[arg-type]
-    result = FinetuneResult(
-        spec=spec,
-        out_dir=out,
-        best_path=best_path,
-        last_path=out / "last.pt",
-        best_epoch=record.best_epoch,
-        best=record.best,
-        baseline=record.baseline,
-        history=record.history,
-        train_products=train_ids,
-        val_products=val_ids,
-        trained_epochs=trained,
-    )
-    write_run_json(result, config)
-    return result
+    return finish_run(config, out, spec, encoder, validator, record, split, trained)
 
 
 def _train_one_epoch(trainer: Trainer, loader: Any, n_batches: int, bar: Any, temperature: float) -> float:
