@@ -8,7 +8,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store.remote import RemoteOptions, add_remote_arguments
+from .store.options import RemoteOptions, add_remote_arguments
 
 DEFAULT_MODEL = "ViT-B-32@laion2b_s34b_b79k"
 DEFAULT_BG_MODEL = "u2netp"

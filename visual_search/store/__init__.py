@@ -5,7 +5,9 @@ This package is the only code that imports Qdrant (lazily, inside the backends).
     base.py     the VectorStore contract, index defaults, shared helpers
     filters.py  the one place a SearchFilters becomes Qdrant conditions
     edge.py     EdgeStore: Qdrant Edge inside this process, persistent under a directory
+    locks.py    the data-dir lock and the readers/exclusive gate EdgeStore uses
     remote.py   RemoteStore: a Qdrant server/cluster through qdrant-client
+    options.py  RemoteOptions: cluster layout, quantization, uploads (flags and env)
     open_store  picks the backend from the settings (a Qdrant URL selects the remote one)
 """
 
@@ -30,7 +32,8 @@ from .base import (
 )
 from .edge import IN_USE_MESSAGE, EdgeStore
 from .filters import attr_key
-from .remote import RemoteOptions, RemoteStore, StoreSettingsError, add_remote_arguments
+from .options import RemoteOptions, StoreSettingsError, add_remote_arguments
+from .remote import RemoteStore
 
 __all__ = [
     "BACKENDS",
