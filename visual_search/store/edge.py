@@ -33,7 +33,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,7 @@ class EdgeStore(VectorStore):
 
     backend = "qdrant-edge"
     exclusive = True  # the data-dir lock makes this object the only writer
+    SUMMARY_KEY = "summary"
 
     def __init__(
         self,
@@ -235,6 +236,7 @@ class EdgeStore(VectorStore):
         self._shard: Any = None
         self._closed = False
         self._meta: dict[str, Any] | None = None
+        self._summary_lock = threading.Lock()
         self._dir_lock: _DirLock | None = None
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreUnavailableError("Cannot open the index: its data dir is a file, not a directory.")
@@ -391,6 +393,7 @@ class EdgeStore(VectorStore):
                 qe.Point(str(p.id), {VECTOR_NAME: _as_vector(p.vector, self.dim)}, _clean_payload(p.payload))
                 for p in batch
             ]
+            self._changed()
             with self._reading() as shard:  # Edge updates take the shard's own write lock
                 self._writable(shard).update(qe.UpdateOperation.upsert_points(edge_points))
             self._changed()
@@ -398,6 +401,7 @@ class EdgeStore(VectorStore):
     def delete(self, ids: Sequence[str]) -> None:
         if not ids:
             return
+        self._changed()
         with self._reading() as shard:
             if shard is not None:
                 shard.update(self._qe.UpdateOperation.delete_points([str(i) for i in ids]))
@@ -546,6 +550,32 @@ class EdgeStore(VectorStore):
                 return {}
             return self._vectors(shard, ids)
 
+    def _changed(self) -> None:
+        """Bump the generation and drop the saved summary *before* a write lands (and again
+        after), so meta.json never holds a summary of content the shard no longer has, even if
+        the process dies mid-write."""
+        with self._summary_lock:
+            super()._changed()
+            if self._meta and self.SUMMARY_KEY in self._meta:
+                meta = {k: v for k, v in self._meta.items() if k != self.SUMMARY_KEY}
+                _write_json_atomic(self.meta_path, meta)
+                self._meta = meta
+
+    def summary(self) -> dict[str, Any] | None:
+        saved = (self._meta or {}).get(self.SUMMARY_KEY)
+        return dict(saved) if isinstance(saved, dict) else None
+
+    def save_summary(self, data: Mapping[str, Any], generation: int) -> bool:
+        """Stored in meta.json (atomically, beside the model id) so ``info`` in a later process
+        reads it instead of querying a 1M-point shard."""
+        with self._summary_lock:
+            if generation != self.generation or self._meta is None or self._closed:
+                return False
+            meta = {**self._meta, self.SUMMARY_KEY: dict(data)}
+            _write_json_atomic(self.meta_path, meta)
+            self._meta = meta
+            return True
+
     def page(
         self, limit: int, offset: Any = None, *, where: Sequence[Condition] = ()
     ) -> tuple[list[Hit], Any]:
@@ -564,6 +594,8 @@ class EdgeStore(VectorStore):
         with self._reading() as shard:
             if shard is None:
                 return 0
+            if filt is None:  # the live point count the shard keeps (deletions included): O(1)
+                return int(shard.info().points_count)
             return int(shard.count(self._qe.CountRequest(exact=True, filter=filt)))
 
     def facet(self, key: str, limit: int = 100, *, where: Sequence[Condition] = ()) -> dict[str, int]:

@@ -163,18 +163,24 @@ def replan_schedule(trainer: Trainer) -> None:
         group["lr"] = base_lr * factor
 
 
-def train_one_epoch(trainer: Trainer, loader: Any, n_batches: int, bar: Any) -> float:
+BatchLoss = Callable[[Trainer, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
+
+
+def train_one_epoch(
+    trainer: Trainer, loader: Any, n_batches: int, bar: Any, batch_loss: BatchLoss | None = None
+) -> float:
     """One pass over ``loader`` (``n_batches`` batches, ``None`` for a batch with under 2 good images);
-    steps the optimiser every ``accum_steps`` batches. Returns the mean training loss."""
-    model = trainer.model
-    model.train()
+    steps the optimiser every ``accum_steps`` batches (gradient clipping at 1.0). Returns the mean
+    training loss. ``batch_loss`` defaults to the CLIP image-text loss; the caller sets train/eval
+    modes. Shared by the CLIP and the timm runs."""
+    compute = batch_loss or _batch_loss
     loss_sum, loss_n = 0.0, 0
     trainer.optimizer.zero_grad(set_to_none=True)
     for b, batch in enumerate(loader):
         group_start = b - b % trainer.accum_steps
         group_size = min(trainer.accum_steps, n_batches - group_start)
         if batch is not None:
-            loss = _batch_loss(trainer, batch)
+            loss = compute(trainer, batch)
             trainer.scaler.scale(loss / group_size).backward()
             loss_sum += float(loss.detach())
             loss_n += 1
@@ -182,7 +188,6 @@ def train_one_epoch(trainer: Trainer, loader: Any, n_batches: int, bar: Any) -> 
             _optimizer_step(trainer)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum / max(loss_n, 1):.4f}", lr=f"{trainer.lr():.2e}")
-    model.eval()
     return loss_sum / max(loss_n, 1)
 
 

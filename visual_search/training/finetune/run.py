@@ -186,7 +186,9 @@ def _run_epoch(
     )
     bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress)
     try:
+        trainer.model.train()
         loss = train_one_epoch(trainer, loader, len(batches), bar)
+        trainer.model.eval()
         metrics = validator(encoder, trainer.text_features.cpu().numpy()) if validator is not None else None
         if metrics is not None:
             bar.set_postfix(loss=f"{loss:.4f}", R10=f"{metrics.i2i_recall_at_10:.3f}")

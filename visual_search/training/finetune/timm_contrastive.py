@@ -71,7 +71,7 @@ from visual_search.training.finetune.config import (
     ValMetrics,
 )
 from visual_search.training.finetune.data import load_many
-from visual_search.training.finetune.loop import Trainer, _lr_lambda, _param_groups
+from visual_search.training.finetune.loop import Trainer, _lr_lambda, _param_groups, train_one_epoch
 
 __all__ = [
     "TIMM_DEFAULT_LR",
@@ -494,33 +494,15 @@ def finetune_timm(
 
 
 def _train_one_epoch(trainer: Trainer, loader: Any, n_batches: int, bar: Any, temperature: float) -> float:
-    """One pass; optimiser step every ``accum_steps`` batches (clip 1.0). Returns the mean loss."""
-    model = trainer.model
-    _freeze_norms(model)
-    loss_sum, loss_n = 0.0, 0
-    trainer.optimizer.zero_grad(set_to_none=True)
-    for b, batch in enumerate(loader):
-        group_start = b - b % trainer.accum_steps
-        group_size = min(trainer.accum_steps, n_batches - group_start)
-        if batch is not None:
-            pixels, labels = batch
-            pixels = pixels.to(trainer.device, non_blocking=True)
-            labels = labels.to(trainer.device, non_blocking=True)
-            with torch.autocast(
-                device_type=trainer.device_type, dtype=torch.float16, enabled=trainer.use_amp
-            ):
-                features = model(pixels)
-            loss = supcon_loss(F.normalize(features.float(), dim=-1), labels, temperature)
-            trainer.scaler.scale(loss / group_size).backward()
-            loss_sum += float(loss.detach())
-            loss_n += 1
-        if b + 1 == group_start + group_size:
-            trainer.scaler.unscale_(trainer.optimizer)
-            torch.nn.utils.clip_grad_norm_(trainer.trainable, 1.0)
-            trainer.scaler.step(trainer.optimizer)
-            trainer.scaler.update()
-            trainer.optimizer.zero_grad(set_to_none=True)
-            trainer.scheduler.step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum / max(loss_n, 1):.4f}", lr=f"{trainer.lr():.2e}")
-    return loss_sum / max(loss_n, 1)
+    """One pass with the SupCon loss (norm layers kept frozen); the loop is loop.train_one_epoch."""
+    _freeze_norms(trainer.model)
+
+    def batch_loss(trainer: Trainer, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        pixels, labels = batch
+        pixels = pixels.to(trainer.device, non_blocking=True)
+        labels = labels.to(trainer.device, non_blocking=True)
+        with torch.autocast(device_type=trainer.device_type, dtype=torch.float16, enabled=trainer.use_amp):
+            features = trainer.model(pixels)
+        return supcon_loss(F.normalize(features.float(), dim=-1), labels, temperature)
+
+    return train_one_epoch(trainer, loader, n_batches, bar, batch_loss)
