@@ -54,7 +54,7 @@ from .encoders import Encoder, create_encoder
 from .images.background import BackgroundRemoval, BackgroundRemovalUnavailable, BackgroundRemover
 from .images.load import load_image, source_sha256
 from .query_views import MODES as BACKGROUND_MODES
-from .query_views import ObjectBox, QueryView, best_per_product, search_views
+from .query_views import ObjectBox, QueryView, best_per_product, search_vectors, search_views
 from .store import VectorStore, open_store
 
 log = logging.getLogger(__name__)
@@ -646,20 +646,8 @@ class SearchEngine:
         """For each query vector (one per view), the best hit of each of its ``depth`` nearest
         products (product id -> hit). The store answers one vector per call (Edge has no batch
         query); the point limit widens until ``depth`` products came back or the store ran out."""
-        out: list[dict[str, Hit]] = []
-        for vector in np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1):
-            limit = max(depth * 4, 16)
-            while True:
-                hits = self.store.search(vector, limit, filters, score_threshold)
-                best = best_per_product(hits)
-                if len(best) >= depth or len(hits) < limit or limit >= 4096:
-                    break
-                limit *= 4
-            out.append(best)
-        return out
-
-    def search_by_image(self, image: Image.Image | str | Path | bytes, **kwargs: Any) -> SearchResponse:
-        return self.search(image=image, **kwargs)
+        rows = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+        return search_vectors(self.store, list(rows), depth, filters, score_threshold)
 
     def search_by_text(self, text: str, **kwargs: Any) -> SearchResponse:
         return self.search(text=text, **kwargs)
@@ -749,13 +737,7 @@ class SearchEngine:
         limit = max(top_k * 4, 16)
         while True:
             hits = query(limit)
-            best: dict[str, Hit] = {}
-            for hit in hits:
-                pid = str(hit.payload.get(PRODUCT_ID))
-                if pid in excluded:
-                    continue
-                if pid not in best or hit.score > best[pid].score:
-                    best[pid] = hit
+            best = best_per_product(hits, tuple(excluded))
             if len(best) >= top_k or len(hits) < limit or limit >= 4096:
                 ranked = sorted(best.values(), key=lambda h: h.score, reverse=True)[:top_k]
                 return [ProductResult.from_hit(h) for h in ranked]
