@@ -152,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Fine-tuned: {result.spec.split('@')[0]}@.../best.pt (epoch {result.best_epoch} of {args.epochs}; "
         f"{len(result.train_products)} trained / {len(result.val_products)} validation products; "
         f"lr {args.lr:g}, temperature {args.temperature:g}, last {args.train_blocks} stages). "
-        f"Pipeline {args.pipeline}; SYNTHETIC shopper photos, query seed {args.query_seed}. "
-        f"Training {train_seconds:.0f} s, whole bench {total:.0f} s on {os.cpu_count()} CPU cores.",
+        f"Pipeline {args.pipeline}; SYNTHETIC shopper photos, query seed {args.query_seed}. "(
+            f"Training {train_seconds:.0f} s ({result.trained_epochs} epochs run here), "
+            if result.trained_epochs
+            else f"Training reused {run_dir} (complete; nothing trained here), "
+        )
+        + f"whole bench {total:.0f} s on {os.cpu_count()} CPU cores.",
     ]
     table = "\n".join(lines)
     print(table)

@@ -239,7 +239,7 @@ def test_bad_photos_give_human_errors(client, ui_app, tmp_path):
         client.predict(
             image=handle_file(str(ui_app.image_of("paint-red"))), text="", api_name="/search_combined"
         )
-    with pytest.raises(AppError, match="text_weight must be between 0 and 1"):
+    with pytest.raises(AppError, match="text weight must be between 0 and 1"):  # the engine's one message
         client.predict(
             image=handle_file(str(ui_app.image_of("paint-red"))),
             text="red",

@@ -21,10 +21,27 @@ pytestmark = pytest.mark.browser
 
 
 def _find_chromium() -> str | None:
+    """The system's Chromium (Debian's package), else the one Playwright installs for itself
+    (`python -m playwright install chromium`, the ecosystem's way where its download host is reachable)."""
     for name in ("chromium", "chromium-browser"):
         if found := shutil.which(name):
             return found
-    return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
+    if Path("/usr/bin/chromium").is_file():
+        return "/usr/bin/chromium"
+    return _playwright_chromium()
+
+
+def _playwright_chromium() -> str | None:
+    if importlib.util.find_spec("playwright") is None:
+        return None
+    from playwright.sync_api import sync_playwright
+
+    try:
+        with sync_playwright() as p:
+            path = p.chromium.executable_path
+    except Exception:  # noqa: BLE001 - no driver or no browser: the caller reports one line
+        return None
+    return path if path and Path(path).is_file() else None
 
 
 def _missing() -> str | None:
@@ -32,7 +49,7 @@ def _missing() -> str | None:
     if importlib.util.find_spec("playwright") is None:
         return "Playwright is not installed (pip install -r requirements-dev.txt)"
     if _find_chromium() is None:
-        return "Chromium is not installed (apt-get install -y chromium, or run .ci/run)"
+        return "Chromium is not installed (apt-get install -y chromium, or python -m playwright install chromium)"
     return None
 
 

@@ -374,7 +374,7 @@ def test_connectivity_probe_answers_from_the_connect(monkeypatch) -> None:
 
     def hangs(address, timeout=None):
         never.wait()  # a lookup that never returns: only the probe's own deadline ends the wait
-        raise OSError("released by the test")  # let the probe thread end quietly afterwards
+        raise OSError("released by the test")  # then fail like a real lookup, without a socket
 
     monkeypatch.setattr(urllib.request, "getproxies", lambda: {})
     monkeypatch.setattr(socket, "create_connection", connects)

@@ -281,3 +281,107 @@ def test_search_photo_refuses_an_index_of_another_model(colour_engine, tmp_path)
     other = SearchEngine(Other(), colour_engine.store)  # type: ignore[arg-type]
     with pytest.raises(ModelMismatchError, match="test:tiny"):
         other.search_photo(_two_products())
+
+
+# ------------------------------------------------------------------------------------------ object views in the index
+
+
+def _catalog(folder: Path) -> Path:
+    rows = []
+    for name, colour in COLOURS.items():
+        photo = Image.new("RGB", (200, 200), (128, 128, 128))  # the product on a grey backdrop
+        ImageDraw.Draw(photo).ellipse((40, 40, 160, 160), fill=colour)
+        photo.save(folder / f"{name}.png")
+        rows.append([name, f"{name}.png", name.title(), "Toys"])
+    with (folder / "catalog.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["product_id", "image", "title", "category"], *rows])
+    return folder / "catalog.csv"
+
+
+class CountingEncoder:
+    """The tiny encoder, counting the images it embeds (to prove what an upgrade re-embeds)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.images = inner, 0
+        self.model_id, self.dim, self.supports_text, self.device = inner.model_id, inner.dim, True, "cpu"
+
+    def embed_images(self, images, batch_size: int = 32):
+        self.images += len(images)
+        return self.inner.embed_images(images, batch_size=batch_size)
+
+    def embed_texts(self, texts):
+        return self.inner.embed_texts(texts)
+
+
+def _object_engine(tmp_path: Path, tiny_encoder, object_views: bool) -> SearchEngine:
+    engine = SearchEngine(
+        CountingEncoder(tiny_encoder),  # type: ignore[arg-type]
+        open_store(tmp_path / "index", None, None),
+        object_views=object_views,
+    )
+    engine.background_remover = MaskRemover((128, 128, 128))  # type: ignore[assignment]
+    return engine
+
+
+def test_object_views_add_a_cutout_point_per_image_and_results_stay_one_per_product(tmp_path, tiny_encoder):
+    from visual_search.engine import object_point_id
+
+    catalog = _catalog(tmp_path)
+    engine = _object_engine(tmp_path, tiny_encoder, object_views=True)
+    report = engine.index_catalog(catalog)
+    assert report.embedded == 4 and report.object_views == 4 and "4 object views" in report.summary()
+    points = {hit.id: hit.payload for hit in engine.store.scroll()}
+    assert len(points) == 8
+    objects = {i: p for i, p in points.items() if p.get("view") == "object"}
+    assert set(objects) == {object_point_id(name, 0) for name in COLOURS}
+    assert all(p["product_id"] in COLOURS and p["image_hash"] for p in objects.values())
+    # the object point holds the cut-out on white, not the grey photo
+    blue = engine.store.get_vectors([object_point_id("blue", 0)])[object_point_id("blue", 0)]
+    cut = engine.background_remover.remove(Image.open(tmp_path / "blue.png").convert("RGB")).cleaned
+    np.testing.assert_allclose(blue, tiny_encoder.embed_images([cut])[0], atol=1e-5)
+    # both points of a product match; each product is listed once
+    for found in (
+        engine.search(image=tmp_path / "red.png", top_k=4),
+        engine.search_photo(_two_products(), top_k=4),
+    ):
+        ids = [r.product_id for r in found.results]
+        assert len(ids) == len(set(ids)) == 4
+    assert engine.search(image=tmp_path / "red.png", top_k=1).results[0].product_id == "red"
+
+    # a re-run is idempotent: nothing embedded, no point added
+    before = engine.encoder.images
+    again = engine.index_catalog(catalog)
+    assert (again.embedded, again.object_views, again.unchanged) == (0, 0, 4)
+    assert engine.encoder.images == before and engine.store.count() == 8
+
+
+def test_an_existing_index_upgrades_without_re_embedding_its_photos(tmp_path, tiny_encoder):
+    catalog = _catalog(tmp_path)
+    plain = _object_engine(tmp_path, tiny_encoder, object_views=False)
+    assert plain.index_catalog(catalog).embedded == 4
+    assert plain.store.count() == 4
+    plain.close()
+
+    upgraded = _object_engine(tmp_path, tiny_encoder, object_views=True)
+    report = upgraded.index_catalog(catalog)
+    assert (report.embedded, report.unchanged, report.object_views) == (0, 4, 4)
+    assert upgraded.encoder.images == 4  # the four cut-outs only, no photo again
+    assert upgraded.store.count() == 8
+    upgraded.close()
+
+    # object views off again: sync drops the object points, the photos stay
+    back = _object_engine(tmp_path, tiny_encoder, object_views=False)
+    report = back.index_catalog(catalog, sync=True)
+    assert report.removed == 4 and back.store.count() == 4
+    assert all(hit.payload.get("view") is None for hit in back.store.scroll())
+
+
+def test_object_views_need_background_removal(tmp_path, tiny_encoder, monkeypatch):
+    from visual_search.images.background import BackgroundRemover
+
+    engine = _object_engine(tmp_path, tiny_encoder, object_views=True)
+    engine.background_remover = BackgroundRemover("u2netp")
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no-model-here"))
+    report = engine.index_catalog(_catalog(tmp_path))
+    assert report.embedded == 4 and report.object_views == 0 and engine.store.count() == 4
+    assert len(report.notes) == 1 and report.notes[0].startswith("No object views:")

@@ -209,3 +209,70 @@ def test_catalog_tab_picker_and_charts_use_the_view(store: VectorStore):
     assert sorted(pid for _, pid in update["choices"]) == ["s1", "s2", "s3"]
     frame, labels = price_histogram(catalog_stats(store).price_bins, "€")
     assert labels[0] == "€0–25" and int(frame["products"].sum()) == 5
+
+
+class NoQueries(NoScan):
+    """Fails the test on any index query: what a saved summary must make unnecessary."""
+
+    def count(self, *_a, **_kw):
+        raise AssertionError("counted")
+
+    def facet(self, *_a, **_kw):
+        raise AssertionError("faceted")
+
+    def extreme(self, *_a, **_kw):
+        raise AssertionError("ordered read")
+
+
+def test_the_view_is_saved_with_the_index_and_cleared_by_writes(tmp_path: Path):
+    import json
+
+    store = EdgeStore(tmp_path / "e")
+    store.ensure_collection(DIM, "m")
+    store.upsert(catalog_points())
+    view = stats.catalog_view(store)
+    assert json.loads((tmp_path / "e" / "meta.json").read_text())["summary"]["products"] == 6
+    store.close()
+
+    reopened = EdgeStore(tmp_path / "e")  # a later process (``info``): one dict read, no query
+    try:
+        assert stats.catalog_view(NoQueries(reopened, max_page=0)) == view  # type: ignore[arg-type]
+        assert stats.index_status(NoQueries(reopened, max_page=0)) == (6, view.last_indexed)  # type: ignore[arg-type]
+        stale = reopened.generation
+        reopened.delete([catalog_points()[0].id])  # s1's first image
+        assert "summary" not in json.loads((tmp_path / "e" / "meta.json").read_text())
+        assert reopened.summary() is None
+        assert stats.catalog_view(reopened).products == 5
+        # a view computed before a write is not saved after it
+        assert reopened.save_summary(view.to_dict(), stale) is False
+        assert stats.catalog_view(reopened).products == 5
+    finally:
+        reopened.close()
+
+
+def test_remote_keeps_no_saved_view(store: VectorStore):
+    stats.catalog_view(store)
+    assert (store.summary() is None) == (not store.exclusive)
+
+
+def test_indexing_saves_the_view_for_info(tmp_path: Path, tiny_encoder):
+    from PIL import Image
+
+    from visual_search.engine import SearchEngine
+    from visual_search.store import open_store
+
+    photos = tmp_path / "img"
+    photos.mkdir()
+    rows = ["product_id,image,title,category,price"]
+    for i, colour in enumerate(("red", "green", "blue")):
+        Image.new("RGB", (64, 64), colour).save(photos / f"{i}.png")
+        rows.append(f"p{i},{photos / f'{i}.png'},{colour} thing,cat{i % 2},{10 * (i + 1)}")
+    (tmp_path / "catalog.csv").write_text("\n".join(rows) + "\n")
+    engine = SearchEngine(tiny_encoder, open_store(tmp_path / "data", None, None))
+    try:
+        engine.index_catalog(tmp_path / "catalog.csv")
+        saved = engine.store.summary()
+        assert saved is not None and saved["products"] == 3 and saved["categories"] == {"cat0": 2, "cat1": 1}
+        assert engine.status().products == 3
+    finally:
+        engine.close()

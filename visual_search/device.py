@@ -19,6 +19,15 @@ RUNTIMES = ("torch", "onnx", "onnx-int8")
 CPU_DEFAULT_RUNTIME = "onnx-int8"
 
 
+BACKGROUND_RUNTIMES = ("rembg", "onnx", "onnx-int8")
+# Background removal (u2netp) always runs on ONNX Runtime; what changes is how (bench/RESULTS.md "Background
+# removal", visual_search/images/background.py): "rembg" is rembg's own session (its default options: worker
+# threads spin between runs), "onnx" the same model and pre/post-processing on this app's session options
+# (visual_search.encoders.runtime.session_options: threads = cores, graph optimisation ALL, no spinning).
+# int8 (static, calibrated on catalog photos) failed the mask IoU >= 0.95 guard, so "onnx-int8" runs "onnx".
+CPU_DEFAULT_BACKGROUND_RUNTIME = "onnx"
+
+
 def pick_device(preference: str | None = None) -> str:
     """CUDA when present, else CPU. ``preference`` (or VS_DEVICE) overrides: "cpu", "cuda", "cuda:1", "mps"."""
     wanted = (preference or device_from_env() or "auto").strip().lower()
@@ -50,3 +59,18 @@ def pick_runtime(requested: str | None, device: str) -> str:
 def uses_half_precision(device: str) -> bool:
     """Autocast to fp16 on CUDA only; CPU stays float32 (fp16 on CPU is slow and lossy)."""
     return device.startswith("cuda")
+
+
+def pick_background_runtime(requested: str | None, device: str = "cpu") -> str:
+    """How background removal runs: "rembg", "onnx" or "onnx-int8", from the app's runtime setting.
+
+    ``requested`` is the app's --runtime (or VS_RUNTIME): "torch" keeps rembg's own session (the exact
+    reference), "onnx"/"onnx-int8" ask for the tuned session, "auto" means CPU_DEFAULT_BACKGROUND_RUNTIME.
+    Off the CPU rembg's own session stays: it picks the CUDA execution provider itself when one is there.
+    """
+    wanted = (requested or runtime_from_env() or "auto").strip().lower()
+    if wanted not in (*RUNTIMES, "auto"):
+        raise VisualSearchError(f"Unknown runtime {wanted!r}; use one of {', '.join(RUNTIMES)} or auto.")
+    if not device.startswith("cpu") or wanted == "torch":
+        return "rembg"
+    return CPU_DEFAULT_BACKGROUND_RUNTIME if wanted == "auto" else wanted

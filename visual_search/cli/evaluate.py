@@ -274,7 +274,7 @@ def _evaluate_model(
 ) -> list[EvalReport]:
     """Index the catalog with one model (its own index folder, reused across runs), then one report per
     (background removal, pipeline) run."""
-    encoder = create_encoder(spec, device=settings.device)
+    encoder = create_encoder(spec, device=settings.device, runtime=settings.runtime)
     index_dir = _index_dir(root, encoder.model_id, plan.catalog.path, plan.holdout_seed)
     engine = SearchEngine(encoder, open_store(index_dir, None, None), bg_model=settings.bg_model)
     reports: list[EvalReport] = []

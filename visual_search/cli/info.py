@@ -30,7 +30,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     s = status.store
     print(f"model:     {status.model_id} (text search: {'yes' if status.supports_text else 'no'})")
-    print(f"device:    {status.device}")
+    print(f"device:    {status.device} (runtime: {status.runtime})")
     print(f"backend:   {s.backend} at {s.location}")
     print(f"index:     {status.products} products, {s.points} images, built by {s.model_id or '-'}")
     print(f"indexed:   {status.last_indexed or 'never'}")

@@ -95,7 +95,8 @@ def _threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _session(path: Path) -> Any:
+def session_options() -> Any:
+    """The one ONNX Runtime configuration of this app (encoder towers and background removal alike)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -106,7 +107,13 @@ def _session(path: Path) -> Any:
     # and torch's own threads, and spinning ORT workers starve them (measured under load: int8 batch-1
     # queries were markedly slower with spinning on).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 def _versions(model: torch.nn.Module) -> int:

@@ -5,7 +5,9 @@ This package is the only code that imports Qdrant (lazily, inside the backends).
     base.py     the VectorStore contract, index defaults, shared helpers
     filters.py  the one place a SearchFilters becomes Qdrant conditions
     edge.py     EdgeStore: Qdrant Edge inside this process, persistent under a directory
+    locks.py    the data-dir lock and the readers/exclusive gate EdgeStore uses
     remote.py   RemoteStore: a Qdrant server/cluster through qdrant-client
+    options.py  RemoteOptions: cluster layout, quantization, uploads (flags and env)
     open_store  picks the backend from the settings (a Qdrant URL selects the remote one)
 """
 

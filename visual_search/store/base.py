@@ -162,7 +162,19 @@ class VectorStore(ABC):
     exclusive = False
 
     def _changed(self) -> None:
+        """Called before a write reaches the index and again after it: a reader that computed
+        something from the old content can never file it under the new generation."""
         self._generation += 1
+
+    def summary(self) -> dict[str, Any] | None:
+        """The derived facts saved by ``save_summary`` while the index has not changed since;
+        None where there are none (or the backend keeps none: a server other processes write)."""
+        return None
+
+    def save_summary(self, data: Mapping[str, Any], generation: int) -> bool:  # noqa: ARG002
+        """Keep ``data`` (computed at ``generation``) with the index until its next write; False
+        (nothing kept) when the index changed since or the backend keeps no summary."""
+        return False
 
     @abstractmethod
     def info(self) -> CollectionInfo: ...

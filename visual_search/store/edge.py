@@ -28,12 +28,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,70 +70,11 @@ from .base import (
     _write_json_atomic,
 )
 from .filters import edge_filter
-
-try:  # POSIX; on Windows the data-dir lock is skipped (qdrant-edge still locks the shard itself)
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from .locks import IN_USE_MESSAGE, _DirLock, _Gate
 
 log = logging.getLogger(__name__)
 
 
-IN_USE_MESSAGE = (
-    "The index at this data dir is in use by another process{pid}. Stop it first, or pass another --data-dir."
-)
-
-
-class _DirLock:
-    """An exclusive, non-blocking ``fcntl.flock`` on ``<directory>/lock``, held until release().
-
-    The holder's pid is written into the file so the refusal can name it. The kernel drops the lock
-    when the holder exits or is killed, so no stale-lock cleanup is ever needed.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self._fh: Any = None
-        if fcntl is None:
-            return
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fh = open(directory / "lock", "a+", encoding="ascii")  # noqa: SIM115 - held for the store's life
-        except OSError as exc:  # e.g. a read-only copy of an index: nothing can write it, nothing to guard
-            log.warning("Index lock not taken (%s); make sure no other process writes this index", exc)
-            return
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip()
-            fh.close()
-            if holder == str(os.getpid()):
-                raise StoreUnavailableError(
-                    "The index at this data dir is in use by this process already; close it first."
-                ) from None
-            pid = f" (pid {holder})" if holder.isdigit() else ""
-            raise StoreUnavailableError(IN_USE_MESSAGE.format(pid=pid)) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
-
-    def release(self) -> None:
-        fh, self._fh = self._fh, None
-        if fh is not None:
-            with contextlib.suppress(OSError):
-                fh.seek(0)
-                fh.truncate()
-            fh.close()  # closing the descriptor drops the flock
-
-    def __del__(self) -> None:  # an EdgeStore dropped without close() must not keep the dir locked
-        self.release()
-
-
-# The child that builds the HNSW graph. argv: shard path, and a JSON override of the stored HNSW
-# config (or "null"): the indexing-thread count is a property of the machine, not of the index,
-# so the current setting is applied to shards created elsewhere or with another setting.
 _OPTIMIZE_SCRIPT = """
 import json, sys, qdrant_edge as qe
 path, override = sys.argv[1], json.loads(sys.argv[2])
@@ -153,42 +93,6 @@ s.optimize(); s.flush(); s.close()
 """
 
 
-class _Gate:
-    """Many shared holders (reads, upserts) or one exclusive holder (create, optimize, close).
-    A waiting exclusive holder blocks new shared ones, so it is never starved."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._shared = 0
-        self._exclusive = False
-
-    @contextlib.contextmanager
-    def shared(self, timeout: float, busy_message: str) -> Iterator[None]:
-        with self._cond:
-            if not self._cond.wait_for(lambda: not self._exclusive, timeout):
-                raise StoreUnavailableError(busy_message)
-            self._shared += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._shared -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._exclusive)
-            self._exclusive = True
-            self._cond.wait_for(lambda: self._shared == 0)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
-
-
 class EdgeStore(VectorStore):
     """Embedded Qdrant Edge shard under ``directory`` (see the module docstring for the layout).
 
@@ -201,6 +105,7 @@ class EdgeStore(VectorStore):
 
     backend = "qdrant-edge"
     exclusive = True  # the data-dir lock makes this object the only writer
+    SUMMARY_KEY = "summary"
 
     def __init__(
         self,
@@ -235,6 +140,7 @@ class EdgeStore(VectorStore):
         self._shard: Any = None
         self._closed = False
         self._meta: dict[str, Any] | None = None
+        self._summary_lock = threading.Lock()
         self._dir_lock: _DirLock | None = None
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreUnavailableError("Cannot open the index: its data dir is a file, not a directory.")
@@ -391,6 +297,7 @@ class EdgeStore(VectorStore):
                 qe.Point(str(p.id), {VECTOR_NAME: _as_vector(p.vector, self.dim)}, _clean_payload(p.payload))
                 for p in batch
             ]
+            self._changed()
             with self._reading() as shard:  # Edge updates take the shard's own write lock
                 self._writable(shard).update(qe.UpdateOperation.upsert_points(edge_points))
             self._changed()
@@ -398,6 +305,7 @@ class EdgeStore(VectorStore):
     def delete(self, ids: Sequence[str]) -> None:
         if not ids:
             return
+        self._changed()
         with self._reading() as shard:
             if shard is not None:
                 shard.update(self._qe.UpdateOperation.delete_points([str(i) for i in ids]))
@@ -546,6 +454,32 @@ class EdgeStore(VectorStore):
                 return {}
             return self._vectors(shard, ids)
 
+    def _changed(self) -> None:
+        """Bump the generation and drop the saved summary *before* a write lands (and again
+        after), so meta.json never holds a summary of content the shard no longer has, even if
+        the process dies mid-write."""
+        with self._summary_lock:
+            super()._changed()
+            if self._meta and self.SUMMARY_KEY in self._meta:
+                meta = {k: v for k, v in self._meta.items() if k != self.SUMMARY_KEY}
+                _write_json_atomic(self.meta_path, meta)
+                self._meta = meta
+
+    def summary(self) -> dict[str, Any] | None:
+        saved = (self._meta or {}).get(self.SUMMARY_KEY)
+        return dict(saved) if isinstance(saved, dict) else None
+
+    def save_summary(self, data: Mapping[str, Any], generation: int) -> bool:
+        """Stored in meta.json (atomically, beside the model id) so ``info`` in a later process
+        reads it instead of querying a 1M-point shard."""
+        with self._summary_lock:
+            if generation != self.generation or self._meta is None or self._closed:
+                return False
+            meta = {**self._meta, self.SUMMARY_KEY: dict(data)}
+            _write_json_atomic(self.meta_path, meta)
+            self._meta = meta
+            return True
+
     def page(
         self, limit: int, offset: Any = None, *, where: Sequence[Condition] = ()
     ) -> tuple[list[Hit], Any]:
@@ -564,6 +498,8 @@ class EdgeStore(VectorStore):
         with self._reading() as shard:
             if shard is None:
                 return 0
+            if filt is None:  # the live point count the shard keeps (deletions included): O(1)
+                return int(shard.info().points_count)
             return int(shard.count(self._qe.CountRequest(exact=True, filter=filt)))
 
     def facet(self, key: str, limit: int = 100, *, where: Sequence[Condition] = ()) -> dict[str, int]:

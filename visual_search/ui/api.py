@@ -151,27 +151,10 @@ class SearchAPI:
         request: gr.Request | None = None,
     ) -> dict[str, Any]:
         """Products that look like the photo (background auto/off/on; box_index picks the object)."""
-        try:
-            filters, k, thr = self._api_common(
-                top_k, categories, brands, min_price, max_price, score_threshold
-            )
-            mode, index = self._api_background(background, remove_background, box_index)
-            photo = self._api_image(image)
-            return self._api_call(
-                lambda: self.ctx.engine.search_photo(
-                    photo,
-                    background=mode,
-                    box_index=index,
-                    filters=filters,
-                    top_k=k,
-                    score_threshold=thr,
-                ),
-                None,
-                request,
-                photo,
-            )
-        finally:
-            discard_upload(image)  # also when the request is refused before the search
+        return self._photo_search(
+            image, None, 0.0, top_k, categories, brands, min_price, max_price, score_threshold,
+            remove_background, background, box_index, request,
+        )  # fmt: skip
 
     def search_text(
         self,
@@ -216,23 +199,46 @@ class SearchAPI:
     ) -> dict[str, Any]:
         """Photo + text ('like this, but in blue'); text_weight 0 = photo only, 1 = text only.
         The text is blended into every view of the photo that is searched."""
+        if not (text or "").strip():
+            discard_upload(image)
+            raise gr.Error(
+                "The text part is empty; use /search_image for a photo alone.", print_exception=False
+            )
+        return self._photo_search(
+            image, text, text_weight, top_k, categories, brands, min_price, max_price, score_threshold,
+            remove_background, background, box_index, request,
+        )  # fmt: skip
+
+    def _photo_search(
+        self,
+        image: str | None,
+        text: str | None,
+        text_weight: float,
+        top_k: float,
+        categories: list[str] | None,
+        brands: list[str] | None,
+        min_price: float | None,
+        max_price: float | None,
+        score_threshold: float | None,
+        remove_background: bool | None,
+        background: str,
+        box_index: float | None,
+        request: gr.Request | None,
+    ) -> dict[str, Any]:
+        """The photo endpoints' one path: checks, the object-aware search, and the upload deleted
+        afterwards (also when the request is refused before the search). The engine validates
+        text_weight, top_k and the threshold (InvalidQueryError, shown as it is)."""
         try:
             filters, k, thr = self._api_common(
                 top_k, categories, brands, min_price, max_price, score_threshold
             )
-            text = (text or "").strip()
-            if not text:
-                raise gr.Error(
-                    "The text part is empty; use /search_image for a photo alone.", print_exception=False
-                )
+            text = (text or "").strip() or None
             try:
                 weight = float(text_weight)
             except (TypeError, ValueError):
                 raise gr.Error(
                     "text_weight must be a number between 0 and 1.", print_exception=False
                 ) from None
-            if not 0.0 <= weight <= 1.0:
-                raise gr.Error(f"text_weight must be between 0 and 1, got {weight:g}.", print_exception=False)
             mode, index = self._api_background(background, remove_background, box_index)
             photo = self._api_image(image)
             return self._api_call(
@@ -251,7 +257,7 @@ class SearchAPI:
                 photo,
             )
         finally:
-            discard_upload(image)  # also when the request is refused before the search
+            discard_upload(image)
 
     def more_like_this(
         self,
