@@ -148,7 +148,7 @@ def test_search_views_returns_every_view_and_box_and_searches_the_chosen_object(
     assert found.results[0].product_id == "blue"
     cut = np.asarray(found.views["cutout"], np.int32)
     assert (np.abs(cut - COLOURS["red"]).max(axis=2) < 30).sum() == 0  # the other object is not in it
-    assert found.embed_ms > 0 and found.total_ms >= found.embed_ms
+    assert found.total_ms >= found.embed_ms + found.search_ms  # the parts add up inside the total
 
     second = search_views(colour_engine, photo, "auto", top_k=3, box_index=1)
     assert second.box_index == 1 and second.results[0].product_id == "red"
