@@ -57,6 +57,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from visual_search.core.io import atomic_path
+
 if TYPE_CHECKING:
     from visual_search.encoders.base import Encoder
 
@@ -179,12 +181,8 @@ def _slug(model_id: str) -> str:
 
 def _atomic(target: Path, write: Callable[[Path], None]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
+    with atomic_path(target) as tmp:
         write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_note(path: Path) -> dict[str, Any] | None:

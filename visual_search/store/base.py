@@ -6,13 +6,10 @@ indexes on KEYWORD_FIELDS and ``attrs.<name>`` and a float index on FLOAT_FIELDS
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,6 +20,7 @@ import numpy as np
 
 from ..core.conditions import Condition
 from ..core.errors import ModelMismatchError
+from ..core.io import atomic_write_text
 from ..core.types import IMAGE_INDEX, INDEXED_AT, TITLE, CollectionInfo, Hit, IndexPoint, SearchFilters
 
 log = logging.getLogger(__name__)
@@ -287,17 +285,7 @@ def _top(items: Iterable[tuple[Any, int]], limit: int) -> dict[str, int]:
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def _batches(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
