@@ -382,8 +382,8 @@ def test_filters_from_widgets():
 
 
 def test_price_histogram_bins_in_price_order():
+    from visual_search.evaluation.calibration import builtin_threshold as default_threshold
     from visual_search.stats import PriceBin
-    from visual_search.ui.common import default_threshold
     from visual_search.ui.tabs.catalog import price_histogram
 
     bins = [

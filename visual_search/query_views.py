@@ -57,7 +57,7 @@ clutter; blending into each keeps the text's pull the same whichever view wins a
 
 The engine's :meth:`SearchEngine.search_photo` is the public entry point (validation, model check,
 a SearchResponse with the views and boxes); this module needs only ``engine.encoder.embed_images``,
-``engine.background_remover.remove`` and ``engine.search_vectors`` (or ``engine.store.search``).
+``engine.background_remover.remove`` and ``engine.store.search`` (through :func:`search_vectors`).
 """
 
 from __future__ import annotations
@@ -542,11 +542,8 @@ def search_views(
     embed_ms = _ms(embed_start)
     search_start = time.perf_counter()
     want = depth or max(4 * top_k, 50)
-    run = getattr(engine, "search_vectors", None)
 
     def searched(queries: np.ndarray) -> list[dict[str, Hit]]:
-        if run is not None:
-            return run(queries, want, filters, score_threshold)
         return search_vectors(engine.store, queries, want, filters, score_threshold)
 
     if len(names_used) == 1 or method == "embed":

@@ -4,7 +4,7 @@ Two surfaces: the shopper's search (``/``) and the admin (``/admin``); see :mod:
 """
 
 from .app import Surfaces, build_admin, build_shopper, create_app, decide_surfaces, serve_forever
-from .common import UIOptions, default_threshold
+from .common import UIOptions
 
 __all__ = [
     "Surfaces",
@@ -13,6 +13,5 @@ __all__ = [
     "build_shopper",
     "create_app",
     "decide_surfaces",
-    "default_threshold",
     "serve_forever",
 ]

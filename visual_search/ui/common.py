@@ -51,17 +51,6 @@ def static_text(name: str) -> str:
     return (STATIC_DIR / name).read_text(encoding="utf-8")
 
 
-def default_threshold(model_id: str) -> float:
-    """A score threshold that suits the model: CLIP text-image matches score ~0.25-0.35, unrelated
-    ones ~0.1-0.2, so 0.2 keeps real matches; image-only backbones score higher throughout. Random
-    test models get 0 (off), since their scores mean nothing."""
-    if model_id.startswith("test:"):
-        return 0.0
-    if model_id.startswith("timm:"):
-        return 0.3
-    return 0.2
-
-
 @dataclass
 class UIOptions:
     """Everything the two surfaces need besides the engine and the log."""
@@ -71,7 +60,7 @@ class UIOptions:
     currency: str = "$"
     examples: Sequence[Path] | None = None  # default: assets/examples/*.jpg
     text_examples: Sequence[str] = DEFAULT_TEXT_EXAMPLES
-    threshold: float | None = None  # default: default_threshold(model)
+    threshold: float | None = None  # default: engine.default_threshold() (calibrated, else per model)
     allow_private_links: bool = False  # the image-link box must not become a probe of our own network
     max_searches_per_client: int = MAX_SEARCHES_PER_CLIENT
     title: str = TITLE
