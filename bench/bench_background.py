@@ -35,8 +35,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+from bench_end_to_end import write_section  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
 from visual_search.evaluation import percentile  # noqa: E402
@@ -271,17 +273,6 @@ def report(args: argparse.Namespace, info: dict[str, Any], res: dict[str, Any]) 
     return "\n".join(lines)
 
 
-def _write(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(SECTION)
-    if start == -1:
-        text = text.rstrip() + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if end == -1 else "\n" + text[end + 1 :])
-    path.write_text(text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=24, help="sample-catalog photos (spread over the catalog)")
@@ -304,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = report(args, info, res)
     print(section)
     if args.out:
-        _write(args.out, section)
+        write_section(args.out, section, SECTION)
         log(f"wrote the '{SECTION[3:]}' section of {args.out}")
     return 0
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
-from bench_end_to_end import bench_indexing, machine, random_vit_b_32  # noqa: E402
+from bench_end_to_end import bench_indexing, machine, random_vit_b_32, write_section  # noqa: E402
 
 from visual_search.catalog import read_catalog  # noqa: E402
 from visual_search.core.config import SAMPLE_CATALOG  # noqa: E402
@@ -248,20 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = report(args, info, models, idx, chosen["label"])
     print(section)
     if args.out:
-        _write(args.out, section)
+        write_section(args.out, section, SECTION)
         log(f"wrote the '{SECTION[3:]}' section of {args.out}")
     return 0
-
-
-def _write(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(SECTION)
-    if start == -1:
-        text = text.rstrip() + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
-    path.write_text(text.rstrip() + "\n")
 
 
 if __name__ == "__main__":
