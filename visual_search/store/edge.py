@@ -93,6 +93,27 @@ s.optimize(); s.flush(); s.close()
 """
 
 
+def _load_meta(path: Path) -> dict[str, Any] | None:
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    return meta if isinstance(meta, dict) else None
+
+
+def read_saved_meta(directory: Path | str) -> dict[str, Any] | None:
+    """meta.json of the index under ``directory`` as it is now, or None (no index, no shard, no
+    or unreadable meta). Takes no lock and loads no shard, so it answers in a millisecond at any
+    size and beside a running app: meta.json is only ever replaced whole (temp file + rename), so
+    a reader sees either the old or the new version, never half of one. Whatever ``summary`` it
+    holds is current: EdgeStore drops the summary from meta.json before every write lands."""
+    directory = Path(directory)
+    shard_dir = directory / "shard"
+    try:
+        if not (shard_dir.is_dir() and any(shard_dir.iterdir())):
+            return None  # EdgeStore would treat this data dir as empty, whatever meta.json says
+        return _load_meta(directory / "meta.json")
+    except (OSError, ValueError):
+        return None
+
+
 class EdgeStore(VectorStore):
     """Embedded Qdrant Edge shard under ``directory`` (see the module docstring for the layout).
 
@@ -164,7 +185,7 @@ class EdgeStore(VectorStore):
         if not self.meta_path.exists():
             return None
         try:
-            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+            meta = _load_meta(self.meta_path)
         except (OSError, ValueError) as exc:
             log.warning("Index metadata %s unreadable: %s", self.meta_path, exc)
             raise StoreUnavailableError(
