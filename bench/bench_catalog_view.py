@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -107,7 +109,13 @@ class _NoEncoder:
 
 
 def build(
-    path: Path, n_points: int, dim: int, chunk: int, seed: int, log: Callable[[str], None], optimize: bool = True
+    path: Path,
+    n_points: int,
+    dim: int,
+    chunk: int,
+    seed: int,
+    log: Callable[[str], None],
+    optimize: bool = True,
 ) -> dict:
     """Upsert ``n_points`` product images in chunks, then optimize (unless told not to: the HNSW
     graph is what takes ~20+ min at 1M on 2 cores, and nothing timed here reads it); returns timings."""
@@ -168,6 +176,71 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
     return first, statistics.median(runs) if runs else first, result
 
 
+def time_info_cli(
+    data_dir: Path, repeat: int, old_repeat: int, log: Callable[[str], None]
+) -> list[tuple[str, float, float, str]]:
+    """`info` on the index under ``data_dir`` (its summary saved): in this process (imports warm)
+    and as a fresh ``python -m visual_search info`` (interpreter, imports and all), from the
+    saved summary and by the old path (``--open-index``: shard load + model load)."""
+    from visual_search.cli import info as info_cli
+    from visual_search.core.config import Settings
+
+    flags = ["--data-dir", str(data_dir), "--model", "test:tiny", "--device", "cpu", "--runtime", "torch"]
+    settings = Settings.from_args(
+        info_cli.add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(flags)
+    )
+    rows: list[tuple[str, float, float, str]] = []
+
+    def add(name: str, fn: Callable[[], Any], n: int, note: Callable[[Any], str]) -> None:
+        log(f"timing {name}")
+        first, warm, result = timed(fn, n)
+        rows.append((name, first, warm, note(result)))
+
+    def counts(status: Any) -> str:
+        return f"{status.products:,} products, {status.store.points:,} images"
+
+    add(
+        "`info` in-process, saved summary (cli.info.status_from_summary)",
+        lambda: info_cli.status_from_summary(settings),
+        repeat,
+        counts,
+    )
+    add(
+        "`info` in-process, old path: open the index + load the model (cli.info.status_from_index)",
+        lambda: info_cli.status_from_index(settings),
+        old_repeat,
+        counts,
+    )
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VS_", "QDRANT"))}
+    root = Path(__file__).resolve().parents[1]
+
+    def cli(*extra: str, code: Sequence[str] | None = None) -> Callable[[], str]:
+        argv = [sys.executable, *(code or ["-m", "visual_search", "info", "--json", *flags, *extra])]
+
+        def go() -> str:
+            done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.strip()[-500:]}")
+            if code:
+                return ""
+            out = json.loads(done.stdout)
+            return f"source {out['source']}: {out['products']:,} products, {out['store']['points']:,} images"
+
+        return go
+
+    add("subprocess: `python -c pass` (interpreter start, for scale)", cli(code=["-c", "pass"]), repeat, str)
+    add("subprocess: `python -c 'import torch'` (for scale)", cli(code=["-c", "import torch"]), repeat, str)
+    add("subprocess: `python -m visual_search info --json ...`, saved summary", cli(), repeat, str)
+    add(
+        "subprocess: `python -m visual_search info --json --open-index ...` (old path)",
+        cli("--open-index"),
+        old_repeat,
+        str,
+    )
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--points", type=int, default=1_000_000)
@@ -183,6 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="skip the HNSW build after upserting (info and the catalog view read no vector index)",
     )
     ap.add_argument("--scan-baseline", action="store_true", help="also time one full payload scroll")
+    ap.add_argument(
+        "--info-cli",
+        action="store_true",
+        help="also time `python -m visual_search info` (subprocess and in-process), summary path and old path",
+    )
+    ap.add_argument(
+        "--old-repeat", type=int, default=1, help="extra runs of the slow old-path `info` timings"
+    )
     ap.add_argument("--out", type=Path, default=None, help="append the Markdown report here")
     args = ap.parse_args(argv)
 
@@ -272,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     finally:
         store.close()
+
+    if args.info_cli:
+        rows += time_info_cli(data_dir, args.repeat, args.old_repeat, log)
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines = [
