@@ -4,10 +4,12 @@ truthful: a write since (or no summary) sends it back to the index, and it says 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,6 +19,7 @@ from visual_search.cli import info as info_cli
 from visual_search.cli import main as cli
 from visual_search.core.conditions import AnyOf
 from visual_search.core.errors import StoreUnavailableError
+from visual_search.core.types import IndexPoint
 from visual_search.encoders import create_encoder
 from visual_search.encoders import registry as encoder_registry
 from visual_search.encoders.identity import model_identity
@@ -231,3 +234,49 @@ def test_model_identity_of_specs_whose_weights_are_not_here(tmp_path: Path):
     # Only loading tells (a timm pretrained tag) or cannot load: the caller loads and gets the error.
     for spec in ("timm:efficientnet_lite0", "ViT-B-32@no_such_tag", "NoSuchArch", "test:huge", ""):
         assert model_identity(spec) is None, spec
+
+
+# ---------------------------------------------------------------- a fresh process: no torch
+
+
+def test_info_from_the_summary_imports_neither_torch_nor_open_clip(tmp_path: Path):
+    """The interpreter start and this are all ``info`` costs: torch alone takes seconds to import."""
+    import subprocess
+    import sys
+
+    model_id = "ViT-B-32@laion2b_s34b_b79k"  # what --model ViT-B-32 resolves to (open_clip's tag table)
+    with open_store(tmp_path, None, None) as store:
+        store.ensure_collection(8, model_id)
+        store.upsert(
+            [IndexPoint("00000000-0000-0000-0000-000000000001", np.ones(8, np.float32), {"image_index": 0})]
+        )
+        stats.catalog_view(store)
+    code = (
+        "import json, sys\n"
+        "from visual_search.cli.main import main\n"
+        f"assert main(['info', '--json', '--data-dir', {str(tmp_path)!r}, '--model', 'ViT-B-32']) == 0\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'open_clip', 'timm', 'qdrant_edge') if m in sys.modules)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VS_", "QDRANT"))}
+    env["VS_DEVICE"] = "cpu"  # "auto" asks torch when a GPU driver is present
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    status_text, imported = done.stdout.rsplit("\n", 2)[0], json.loads(done.stdout.splitlines()[-1])
+    status = json.loads(status_text)
+    assert status["source"] == "summary" and status["model_id"] == status["store"]["model_id"] == model_id
+    assert status["products"] == 1 and status["device"] == "cpu"
+    assert imported == []
+
+
+def test_auto_device_is_cpu_without_torch_when_no_gpu_driver_is_there(monkeypatch):
+    from visual_search import device
+
+    monkeypatch.setattr(device.sys, "platform", "linux")
+    monkeypatch.setattr(device.os.path, "exists", lambda path: False)
+    assert not device.gpu_may_be_present() and device.pick_device("auto") == "cpu"
+    monkeypatch.setattr(device.os.path, "exists", lambda path: path == "/dev/nvidiactl")
+    assert device.gpu_may_be_present()  # then torch decides, as before
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device.pick_device("auto") == "cuda"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-
-import torch
+import os
+import sys
 
 from visual_search.core.config import device_from_env, runtime_from_env
 from visual_search.core.errors import VisualSearchError
@@ -28,9 +28,28 @@ BACKGROUND_RUNTIMES = ("rembg", "onnx", "onnx-int8")
 CPU_DEFAULT_BACKGROUND_RUNTIME = "onnx"
 
 
+# Device nodes a GPU driver creates on Linux: NVIDIA CUDA, AMD ROCm (torch.cuda on ROCm builds),
+# WSL2's GPU paravirtualisation. Without any of them torch.cuda.is_available() is False.
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_may_be_present() -> bool:
+    """False only when no GPU can be there (Linux without a GPU driver's device node, or macOS, which
+    has no CUDA): then "auto" is "cpu" without importing torch (seconds; ``info`` needs no torch)."""
+    if sys.platform == "darwin":
+        return False
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(node) for node in GPU_DEVICE_NODES)
+    return True  # elsewhere only torch can tell
+
+
 def pick_device(preference: str | None = None) -> str:
     """CUDA when present, else CPU. ``preference`` (or VS_DEVICE) overrides: "cpu", "cuda", "cuda:1", "mps"."""
     wanted = (preference or device_from_env() or "auto").strip().lower()
+    if wanted == "cpu" or (wanted == "auto" and not gpu_may_be_present()):
+        return "cpu"
+    import torch  # here, not at import: seconds that `info` and other torch-free callers do not pay
+
     if wanted == "auto":
         if torch.cuda.is_available():
             return "cuda"

@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from visual_search.core.config import Settings, add_settings_arguments
-from visual_search.core.types import CollectionInfo
-
-if TYPE_CHECKING:
-    from visual_search.engine import EngineStatus
+from visual_search.core.types import CollectionInfo, EngineStatus
 
 SOURCE_SUMMARY = "summary"
 SOURCE_INDEX = "index"
@@ -77,7 +74,6 @@ def status_from_index(settings: Settings) -> EngineStatus:
 
 def status_from_summary(settings: Settings) -> EngineStatus | None:
     """The EngineStatus from meta.json's saved summary, or None when there is no current one."""
-    from visual_search.engine import EngineStatus
     from visual_search.store import saved_index
 
     saved = saved_index(settings.data_dir, settings.qdrant_url)
@@ -88,7 +84,7 @@ def status_from_summary(settings: Settings) -> EngineStatus | None:
         last = saved.summary.get("last_indexed")
     except (KeyError, TypeError, ValueError):
         return None  # a summary from another version: count in the index
-    model_id, device, supports_text, runtime = configured_model(settings)
+    model_id, device, supports_text, runtime = configured_model(settings, saved.model_id)
     return EngineStatus(
         model_id=model_id,
         device=device,
@@ -100,15 +96,16 @@ def status_from_summary(settings: Settings) -> EngineStatus | None:
     )
 
 
-def configured_model(settings: Settings) -> tuple[str, str, bool, str]:
+def configured_model(settings: Settings, index_model_id: str | None = None) -> tuple[str, str, bool, str]:
     """(model id, device, text search, runtime) of ``--model`` without building the network where
-    the spec says its id (encoders.identity); else the encoder is loaded (never the index). The
-    runtime is the one chosen for the device; a loaded encoder may fall back from it (to torch
-    when an export fails), which only ``--open-index`` shows."""
+    the spec says its id (encoders.identity; no torch import when it matches the index's model and
+    no GPU driver is present); else the encoder is loaded (never the index). The runtime is the one
+    chosen for the device; a loaded encoder may fall back from it (to torch when an export fails),
+    which only ``--open-index`` shows."""
     from visual_search.device import pick_device, pick_runtime
     from visual_search.encoders.identity import model_identity
 
-    identity = model_identity(settings.model)
+    identity = model_identity(settings.model, index_model_id)
     if identity is None:
         from visual_search.encoders import create_encoder
 
