@@ -10,9 +10,11 @@ leaves a shard without meta, which the next ensure_collection adopts (dimension 
 
 The lock is taken when the store is opened and held until close(): one process (the app, or one
 CLI command) owns a data dir at a time; any other gets "in use by another process (pid N)".
-Read-only commands (``info``, ``search``) take it too: qdrant-edge locks the shard on load anyway,
-so reading beside a running app is impossible, and an unlocked read of a shard being created would
-see half a store. flock is released by the kernel when the holder dies (kill -9 included), so a
+Read-only commands (``search``, ``info --open-index``) take it too: qdrant-edge locks the shard on
+load anyway, so reading it beside a running app is impossible, and an unlocked read of a shard being
+created would see half a store. Plain ``info`` reads meta.json only (``read_saved_meta``: no lock,
+no shard), which is safe because meta.json is replaced whole and its summary is dropped before
+every write. flock is released by the kernel when the holder dies (kill -9 included), so a
 stale lock file never blocks a restart.
 
 Threads: Qdrant Edge is safe to call from several threads at once (checked with 3 query threads +
