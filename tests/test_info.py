@@ -130,8 +130,9 @@ def test_info_works_while_another_handle_holds_the_lock(env: Path, capsys):
         assert status["store"]["model_id"] == "test:tiny@random-seed0"
         # No current summary (the app is writing): the index is needed, and the lock refuses it.
         app.delete(["00000000-0000-0000-0000-000000000000"])
-        with pytest.raises(StoreUnavailableError, match="in use by this process already"):
+        with pytest.raises(StoreUnavailableError, match="in use by this process already") as refused:
             info_cli.run(cli.build_parser().parse_args(["info"]), _settings())
+        assert str(refused.value).endswith(info_cli.CHANGED_SINCE_SUMMARY)
     finally:
         app.close()
     assert _info(capsys)["source"] == "index"  # the lock is free again
@@ -239,18 +240,19 @@ def test_model_identity_of_specs_whose_weights_are_not_here(tmp_path: Path):
 # ---------------------------------------------------------------- a fresh process: no torch
 
 
-def test_info_from_the_summary_imports_neither_torch_nor_open_clip(tmp_path: Path):
-    """The interpreter start and this are all ``info`` costs: torch alone takes seconds to import."""
+def test_info_in_another_process_beside_the_app_imports_neither_torch_nor_open_clip(tmp_path: Path):
+    """A running app holds the lock; ``info`` answers anyway, at the cost of an interpreter start
+    and a JSON read (torch alone takes seconds to import)."""
     import subprocess
     import sys
 
     model_id = "ViT-B-32@laion2b_s34b_b79k"  # what --model ViT-B-32 resolves to (open_clip's tag table)
-    with open_store(tmp_path, None, None) as store:
-        store.ensure_collection(8, model_id)
-        store.upsert(
-            [IndexPoint("00000000-0000-0000-0000-000000000001", np.ones(8, np.float32), {"image_index": 0})]
-        )
-        stats.catalog_view(store)
+    app = open_store(tmp_path, None, None)  # held open (lock and shard) while the other process reads
+    app.ensure_collection(8, model_id)
+    app.upsert(
+        [IndexPoint("00000000-0000-0000-0000-000000000001", np.ones(8, np.float32), {"image_index": 0})]
+    )
+    stats.catalog_view(app)
     code = (
         "import json, sys\n"
         "from visual_search.cli.main import main\n"
@@ -259,9 +261,12 @@ def test_info_from_the_summary_imports_neither_torch_nor_open_clip(tmp_path: Pat
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VS_", "QDRANT"))}
     env["VS_DEVICE"] = "cpu"  # "auto" asks torch when a GPU driver is present
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
+        )
+    finally:
+        app.close()
     assert done.returncode == 0, done.stderr
     status_text, imported = done.stdout.rsplit("\n", 2)[0], json.loads(done.stdout.splitlines()[-1])
     status = json.loads(status_text)

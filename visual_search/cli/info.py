@@ -19,10 +19,17 @@ from dataclasses import asdict
 from typing import Any
 
 from visual_search.core.config import Settings, add_settings_arguments
+from visual_search.core.errors import StoreUnavailableError
 from visual_search.core.types import CollectionInfo, EngineStatus
+from visual_search.store import saved_index
 
 SOURCE_SUMMARY = "summary"
 SOURCE_INDEX = "index"
+# Why info had to open an index another process holds (the holder's writes dropped the summary).
+CHANGED_SINCE_SUMMARY = (
+    "The index changed since its summary was saved (an import running?), so info has to open it; "
+    "the summary is saved again when the import ends."
+)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -42,7 +49,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     status = None if args.open_index else status_from_summary(settings)
     source = SOURCE_SUMMARY
     if status is None:
-        status, source = status_from_index(settings), SOURCE_INDEX
+        try:
+            status, source = status_from_index(settings), SOURCE_INDEX
+        except StoreUnavailableError as exc:
+            if args.open_index or saved_index(settings.data_dir, settings.qdrant_url) is None:
+                raise
+            raise StoreUnavailableError(f"{exc} {CHANGED_SINCE_SUMMARY}") from exc
     if args.json:
         print(json.dumps({**asdict(status), "source": source}, indent=2, default=str))
         return 0
@@ -74,8 +86,6 @@ def status_from_index(settings: Settings) -> EngineStatus:
 
 def status_from_summary(settings: Settings) -> EngineStatus | None:
     """The EngineStatus from meta.json's saved summary, or None when there is no current one."""
-    from visual_search.store import saved_index
-
     saved = saved_index(settings.data_dir, settings.qdrant_url)
     if saved is None or saved.summary is None:
         return None
