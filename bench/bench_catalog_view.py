@@ -15,6 +15,13 @@ catalog costs. Then it times, warm and cold:
   * opening the index (``EdgeStore(...)``: shard load), which ``info`` pays once;
   * optionally (``--scan-baseline``) one full scroll of the payloads, which is what status,
     facets, choices and the price list each did before.
+  * optionally (``--info-cli``) ``info`` itself: in this process and as a fresh
+    ``python -m visual_search info`` (interpreter start included), from the summary saved in
+    meta.json and by the old path (``--open-index``: shard load + model load).
+
+``--no-optimize`` skips the HNSW build after upserting (20+ minutes at 1M on 2 cores); nothing timed
+here reads the vector index, but the shard opened is then unoptimised (say so beside its figures).
+The index lies under ``<workdir>/data_<N>/edge_store``, so ``--data-dir <workdir>/data_<N>`` opens it.
 
     python bench/bench_catalog_view.py --points 1000000 --workdir /tmp/cv --out bench/RESULTS_catalog_view.md
 """
