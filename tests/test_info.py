@@ -275,13 +275,27 @@ def test_info_in_another_process_beside_the_app_imports_neither_torch_nor_open_c
     assert imported == []
 
 
-def test_auto_device_is_cpu_without_torch_when_no_gpu_driver_is_there(monkeypatch):
+def test_auto_device_is_cpu_without_torch_only_when_no_gpu_can_be_there(monkeypatch, tmp_path: Path):
     from visual_search import device
+
+    def bus(*vendors: str) -> str:
+        folder = tmp_path / f"pci{len(list(tmp_path.iterdir()))}"
+        for i, vendor in enumerate(vendors):
+            (folder / f"0000:00:0{i}.0").mkdir(parents=True)
+            (folder / f"0000:00:0{i}.0" / "vendor").write_text(vendor + "\n")
+        return str(folder)
 
     monkeypatch.setattr(device.sys, "platform", "linux")
     monkeypatch.setattr(device.os.path, "exists", lambda path: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what torch would say on a GPU machine
+    monkeypatch.setattr(device, "PCI_DEVICES", bus("0x8086", "0x1af4"))  # a CPU-only VM
     assert not device.gpu_may_be_present() and device.pick_device("auto") == "cpu"
+    # Any trace of a GPU (a PCI device whose driver may load on first use, a driver node) or an
+    # unreadable bus: torch decides, as before.
+    for pci in (bus("0x8086", "0x10de"), bus("0x1002"), str(tmp_path / "no-such-bus")):
+        monkeypatch.setattr(device, "PCI_DEVICES", pci)
+        assert device.gpu_may_be_present() and device.pick_device("auto") == "cuda", pci
+    monkeypatch.setattr(device, "PCI_DEVICES", bus("0x8086"))
     monkeypatch.setattr(device.os.path, "exists", lambda path: path == "/dev/nvidiactl")
-    assert device.gpu_may_be_present()  # then torch decides, as before
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert device.pick_device("auto") == "cuda"
+    assert device.pick_device("cpu") == "cpu"
