@@ -52,7 +52,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             status, source = status_from_index(settings), SOURCE_INDEX
         except StoreUnavailableError as exc:
-            if args.open_index or saved_index(settings.data_dir, settings.qdrant_url) is None:
+            held = "in use by" in str(exc)  # the data-dir lock (store.IN_USE_MESSAGE), not a broken index
+            if args.open_index or not held or saved_index(settings.data_dir, settings.qdrant_url) is None:
                 raise
             raise StoreUnavailableError(f"{exc} {CHANGED_SINCE_SUMMARY}") from exc
     if args.json:
