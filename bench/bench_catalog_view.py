@@ -15,6 +15,13 @@ catalog costs. Then it times, warm and cold:
   * opening the index (``EdgeStore(...)``: shard load), which ``info`` pays once;
   * optionally (``--scan-baseline``) one full scroll of the payloads, which is what status,
     facets, choices and the price list each did before.
+  * optionally (``--info-cli``) ``info`` itself: in this process and as a fresh
+    ``python -m visual_search info`` (interpreter start included), from the summary saved in
+    meta.json and by the old path (``--open-index``: shard load + model load).
+
+``--no-optimize`` skips the HNSW build after upserting (20+ minutes at 1M on 2 cores); nothing timed
+here reads the vector index, but the shard opened is then unoptimised (say so beside its figures).
+The index lies under ``<workdir>/data_<N>/edge_store``, so ``--data-dir <workdir>/data_<N>`` opens it.
 
     python bench/bench_catalog_view.py --points 1000000 --workdir /tmp/cv --out bench/RESULTS_catalog_view.md
 """
@@ -23,9 +30,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -40,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from visual_search import stats  # noqa: E402
 from visual_search.core.types import IndexPoint  # noqa: E402
 from visual_search.engine import SearchEngine  # noqa: E402
-from visual_search.store import EdgeStore  # noqa: E402
+from visual_search.store import EDGE_SUBDIR, EdgeStore  # noqa: E402
 
 WORDS = [
     "red",
@@ -90,7 +99,9 @@ WORDS = [
     "rug",
     "clock",
 ]
-MODEL_ID = "bench-catalog-view"
+# The id `--model test:tiny` reports: the CLI runs of `info` below find the index built by the configured
+# model (no mismatch note). The vectors are random either way: nothing here searches.
+MODEL_ID = "test:tiny@random-seed0"
 
 
 class _NoEncoder:
@@ -104,8 +115,17 @@ class _NoEncoder:
         self.dim = dim
 
 
-def build(path: Path, n_points: int, dim: int, chunk: int, seed: int, log: Callable[[str], None]) -> dict:
-    """Upsert ``n_points`` product images in chunks, then optimize; returns timings."""
+def build(
+    path: Path,
+    n_points: int,
+    dim: int,
+    chunk: int,
+    seed: int,
+    log: Callable[[str], None],
+    optimize: bool = True,
+) -> dict:
+    """Upsert ``n_points`` product images in chunks, then optimize (unless told not to: the HNSW
+    graph is what takes ~20+ min at 1M on 2 cores, and nothing timed here reads it); returns timings."""
     rng = np.random.default_rng(seed)
     store = EdgeStore(path)
     store.ensure_collection(dim, MODEL_ID)
@@ -143,7 +163,8 @@ def build(path: Path, n_points: int, dim: int, chunk: int, seed: int, log: Calla
         log(f"  upserted {made:,} points ({product:,} products), {time.perf_counter() - t0:.0f} s")
     upsert_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    store.optimize()
+    if optimize:
+        store.optimize()
     optimize_s = time.perf_counter() - t1
     store.close()
     return {"upsert_s": upsert_s, "optimize_s": optimize_s, "products": product}
@@ -162,6 +183,71 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
     return first, statistics.median(runs) if runs else first, result
 
 
+def time_info_cli(
+    data_dir: Path, repeat: int, old_repeat: int, log: Callable[[str], None]
+) -> list[tuple[str, float, float, str]]:
+    """`info` on the index under ``data_dir`` (its summary saved): in this process (imports warm)
+    and as a fresh ``python -m visual_search info`` (interpreter, imports and all), from the
+    saved summary and by the old path (``--open-index``: shard load + model load)."""
+    from visual_search.cli import info as info_cli
+    from visual_search.core.config import Settings
+
+    flags = ["--data-dir", str(data_dir), "--model", "test:tiny", "--device", "cpu", "--runtime", "torch"]
+    settings = Settings.from_args(
+        info_cli.add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(flags)
+    )
+    rows: list[tuple[str, float, float, str]] = []
+
+    def add(name: str, fn: Callable[[], Any], n: int, note: Callable[[Any], str]) -> None:
+        log(f"timing {name}")
+        first, warm, result = timed(fn, n)
+        rows.append((name, first, warm, note(result)))
+
+    def counts(status: Any) -> str:
+        return f"{status.products:,} products, {status.store.points:,} images"
+
+    add(
+        "`info` in-process, saved summary (cli.info.status_from_summary)",
+        lambda: info_cli.status_from_summary(settings),
+        repeat,
+        counts,
+    )
+    add(
+        "`info` in-process, old path: open the index + load the model (cli.info.status_from_index)",
+        lambda: info_cli.status_from_index(settings),
+        old_repeat,
+        counts,
+    )
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VS_", "QDRANT"))}
+    root = Path(__file__).resolve().parents[1]
+
+    def cli(*extra: str, code: Sequence[str] | None = None) -> Callable[[], str]:
+        argv = [sys.executable, *(code or ["-m", "visual_search", "info", "--json", *flags, *extra])]
+
+        def go() -> str:
+            done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.strip()[-500:]}")
+            if code:
+                return ""
+            out = json.loads(done.stdout)
+            return f"source {out['source']}: {out['products']:,} products, {out['store']['points']:,} images"
+
+        return go
+
+    add("subprocess: `python -c pass` (interpreter start, for scale)", cli(code=["-c", "pass"]), repeat, str)
+    add("subprocess: `python -c 'import torch'` (for scale)", cli(code=["-c", "import torch"]), repeat, str)
+    add("subprocess: `python -m visual_search info --json ...`, saved summary", cli(), repeat, str)
+    add(
+        "subprocess: `python -m visual_search info --json --open-index ...` (old path)",
+        cli("--open-index"),
+        old_repeat,
+        str,
+    )
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--points", type=int, default=1_000_000)
@@ -171,21 +257,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_catalog_view"))
     ap.add_argument("--reuse", action="store_true", help="reuse an index already built in --workdir")
+    ap.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="skip the HNSW build after upserting (info and the catalog view read no vector index)",
+    )
     ap.add_argument("--scan-baseline", action="store_true", help="also time one full payload scroll")
+    ap.add_argument(
+        "--info-cli",
+        action="store_true",
+        help="also time `python -m visual_search info` (subprocess and in-process), summary path and old path",
+    )
+    ap.add_argument(
+        "--old-repeat", type=int, default=1, help="extra runs of the slow old-path `info` timings"
+    )
     ap.add_argument("--out", type=Path, default=None, help="append the Markdown report here")
     args = ap.parse_args(argv)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    path = args.workdir / f"edge_{args.points}"
+    data_dir = args.workdir / f"data_{args.points}"  # what `--data-dir` names: the CLI opens <it>/edge_store
+    path = data_dir / EDGE_SUBDIR
     load_before = os.getloadavg()
     built: dict = {}
     if not (args.reuse and path.exists()):
         if path.exists():
             raise SystemExit(f"{path} exists; pass --reuse or remove it")
         log(f"building {args.points:,} points under {path}")
-        built = build(path, args.points, args.dim, args.chunk, args.seed, log)
+        built = build(path, args.points, args.dim, args.chunk, args.seed, log, not args.no_optimize)
         log(f"built: upsert {built['upsert_s']:.0f} s, optimize {built['optimize_s']:.0f} s")
 
     t = time.perf_counter()
@@ -260,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     finally:
         store.close()
+
+    if args.info_cli:
+        rows += time_info_cli(data_dir, args.repeat, args.old_repeat, log)
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines = [

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-
-import torch
+import os
+import sys
 
 from visual_search.core.config import device_from_env, runtime_from_env
 from visual_search.core.errors import VisualSearchError
@@ -28,9 +28,44 @@ BACKGROUND_RUNTIMES = ("rembg", "onnx", "onnx-int8")
 CPU_DEFAULT_BACKGROUND_RUNTIME = "onnx"
 
 
+# Traces of a GPU torch could use on Linux: the device nodes and /proc entry of the NVIDIA driver, AMD
+# ROCm's node (torch.cuda on ROCm builds), WSL2's GPU paravirtualisation; and on the PCI bus an NVIDIA
+# (0x10de) or AMD/ATI graphics (0x1002) device, so a driver that loads on first use still counts.
+GPU_PATHS = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+GPU_PCI_VENDORS = ("0x10de", "0x1002")
+PCI_DEVICES = "/sys/bus/pci/devices"
+
+
+def gpu_may_be_present() -> bool:
+    """False only when no GPU can be there: Linux with none of the traces above (and a readable PCI
+    bus), or macOS (no CUDA). Then "auto" is "cpu" without importing torch, which takes seconds
+    (``info`` needs no torch). Anything unsure says True, and torch decides as before."""
+    if sys.platform == "darwin":
+        return False
+    if not sys.platform.startswith("linux"):
+        return True  # only torch can tell
+    if any(os.path.exists(path) for path in GPU_PATHS):
+        return True
+    try:
+        devices = os.listdir(PCI_DEVICES)
+        if not devices:
+            return True  # no PCI bus to read (some sandboxes): unsure
+        for device in devices:
+            with open(os.path.join(PCI_DEVICES, device, "vendor"), encoding="ascii") as fh:
+                if fh.read().strip().lower() in GPU_PCI_VENDORS:
+                    return True
+    except OSError:
+        return True
+    return False
+
+
 def pick_device(preference: str | None = None) -> str:
     """CUDA when present, else CPU. ``preference`` (or VS_DEVICE) overrides: "cpu", "cuda", "cuda:1", "mps"."""
     wanted = (preference or device_from_env() or "auto").strip().lower()
+    if wanted == "cpu" or (wanted == "auto" and not gpu_may_be_present()):
+        return "cpu"
+    import torch  # here, not at import: seconds that `info` and other torch-free callers do not pay
+
     if wanted == "auto":
         if torch.cuda.is_available():
             return "cuda"

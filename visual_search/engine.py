@@ -44,7 +44,7 @@ from .core.types import (
     IMAGE_HASH,
     INDEXED_AT,
     PRODUCT_ID,
-    CollectionInfo,
+    EngineStatus,
     Hit,
     IndexPoint,
     ProductResult,
@@ -212,17 +212,6 @@ class SearchResponse:
     box_index: int | None = None
     fusion: str | None = None
     prepare_ms: float = 0.0  # photo decoding, background removal and making the views
-
-
-@dataclass(frozen=True)
-class EngineStatus:
-    model_id: str
-    device: str
-    supports_text: bool
-    store: CollectionInfo
-    products: int
-    last_indexed: str | None
-    runtime: str = "torch"  # what runs the encoder: torch, onnx, onnx-int8 (or onnx-mixed)
 
 
 class SearchEngine:

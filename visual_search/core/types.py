@@ -127,6 +127,20 @@ class CollectionInfo:
 
 
 @dataclass(frozen=True)
+class EngineStatus:
+    """What ``info`` and the Catalog tab show (engine.status); here, not in engine.py, so ``info``
+    can build one from the index's saved summary without importing the engine (torch)."""
+
+    model_id: str
+    device: str
+    supports_text: bool
+    store: CollectionInfo
+    products: int
+    last_indexed: str | None
+    runtime: str = "torch"  # what runs the encoder: torch, onnx, onnx-int8 (or onnx-mixed)
+
+
+@dataclass(frozen=True)
 class ProductResult:
     """One product in a result list (best-scoring image of that product)."""
 

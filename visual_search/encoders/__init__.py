@@ -50,11 +50,27 @@ call ``model.train()``/``model.eval()`` yourself around training), ``preprocess`
 Timm encoders have ``model`` and ``preprocess``.
 """
 
-from visual_search.encoders.base import Encoder
-from visual_search.encoders.openclip_models import DEFAULT_TAGS, OpenClipEncoder
-from visual_search.encoders.registry import create_encoder, register_encoder
-from visual_search.encoders.timm_models import TimmEncoder
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from visual_search.encoders.base import Encoder
+    from visual_search.encoders.openclip_models import DEFAULT_TAGS, OpenClipEncoder
+    from visual_search.encoders.registry import create_encoder, register_encoder
+    from visual_search.encoders.timm_models import TimmEncoder
+
+# Loaded on first use (PEP 562): importing this package, or its torch-free modules (weights,
+# identity), must not import torch; `info` names the configured model without it.
+_EXPORTS = {
+    "DEFAULT_TAGS": "openclip_models",
+    "Encoder": "base",
+    "OpenClipEncoder": "openclip_models",
+    "TimmEncoder": "timm_models",
+    "create_encoder": "registry",
+    "register_encoder": "registry",
+}
 __all__ = [
     "DEFAULT_TAGS",
     "Encoder",
@@ -63,3 +79,12 @@ __all__ = [
     "create_encoder",
     "register_encoder",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

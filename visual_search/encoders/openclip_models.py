@@ -17,6 +17,7 @@ import torch
 
 from visual_search.core.errors import ModelUnavailableError
 from visual_search.encoders.base import Encoder
+from visual_search.encoders.identity import DEFAULT_TAGS, TINY_SEED  # torch-free: `info` reads them too
 from visual_search.encoders.weights import (
     Source,
     existing_file,
@@ -29,16 +30,7 @@ from visual_search.encoders.weights import (
     unknown_name_message,
 )
 
-# Pretrained tag used when a spec names an open_clip architecture without one. Others: first tag listed
-# by open_clip.list_pretrained().
-DEFAULT_TAGS = {
-    "ViT-B-32": "laion2b_s34b_b79k",
-    "ViT-B-16": "laion2b_s34b_b88k",
-    "ViT-L-14": "laion2b_s32b_b82k",
-    "ViT-H-14": "laion2b_s32b_b79k",
-}
 TINY_ARCH = "vs-test-tiny"  # the config file's stem: open_clip's own functions know it once registered
-TINY_SEED = 0
 TINY_CONFIG_FILE = Path(__file__).with_name(f"{TINY_ARCH}.json")
 
 

@@ -10,9 +10,11 @@ leaves a shard without meta, which the next ensure_collection adopts (dimension 
 
 The lock is taken when the store is opened and held until close(): one process (the app, or one
 CLI command) owns a data dir at a time; any other gets "in use by another process (pid N)".
-Read-only commands (``info``, ``search``) take it too: qdrant-edge locks the shard on load anyway,
-so reading beside a running app is impossible, and an unlocked read of a shard being created would
-see half a store. flock is released by the kernel when the holder dies (kill -9 included), so a
+Read-only commands (``search``, ``info --open-index``) take it too: qdrant-edge locks the shard on
+load anyway, so reading it beside a running app is impossible, and an unlocked read of a shard being
+created would see half a store. Plain ``info`` reads meta.json only (``read_saved_meta``: no lock,
+no shard), which is safe because meta.json is replaced whole and its summary is dropped before
+every write. flock is released by the kernel when the holder dies (kill -9 included), so a
 stale lock file never blocks a restart.
 
 Threads: Qdrant Edge is safe to call from several threads at once (checked with 3 query threads +
@@ -93,6 +95,27 @@ s.optimize(); s.flush(); s.close()
 """
 
 
+def _load_meta(path: Path) -> dict[str, Any] | None:
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    return meta if isinstance(meta, dict) else None
+
+
+def read_saved_meta(directory: Path | str) -> dict[str, Any] | None:
+    """meta.json of the index under ``directory`` as it is now, or None (no index, no shard, no
+    or unreadable meta). Takes no lock and loads no shard, so it answers in a millisecond at any
+    size and beside a running app: meta.json is only ever replaced whole (temp file + rename), so
+    a reader sees either the old or the new version, never half of one. Whatever ``summary`` it
+    holds is current: EdgeStore drops the summary from meta.json before every write lands."""
+    directory = Path(directory)
+    shard_dir = directory / "shard"
+    try:
+        if not (shard_dir.is_dir() and any(shard_dir.iterdir())):
+            return None  # EdgeStore would treat this data dir as empty, whatever meta.json says
+        return _load_meta(directory / "meta.json")
+    except (OSError, ValueError):
+        return None
+
+
 class EdgeStore(VectorStore):
     """Embedded Qdrant Edge shard under ``directory`` (see the module docstring for the layout).
 
@@ -164,7 +187,7 @@ class EdgeStore(VectorStore):
         if not self.meta_path.exists():
             return None
         try:
-            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+            meta = _load_meta(self.meta_path)
         except (OSError, ValueError) as exc:
             log.warning("Index metadata %s unreadable: %s", self.meta_path, exc)
             raise StoreUnavailableError(
