@@ -50,8 +50,8 @@ REMBG_WORK_SIDE = 640
 MODEL_INPUT_SIDE = 320
 """Side of the square u2netp sees (rembg's, and the one its ONNX graph is fixed at). The network is fully
 convolutional and other sides run (the graph's input dims are rewritten), ~pixels cheaper, but every
-smaller side measured failed the mask guard (IoU >= 0.95 to the 320 mask on every photo; shopper photos
-fell to a mean of ~0.88 at 288 and 256: bench/RESULTS.md "Background removal"), so 320 stays."""
+smaller side measured (304, 288, 256) failed the mask guard (IoU >= 0.95 to the 320 mask on every photo;
+on shopper photos min ~0.3, mean ~0.87-0.89: bench/RESULTS.md "Background removal"), so 320 stays."""
 
 _MEAN = np.array((0.485, 0.456, 0.406), dtype=np.float32)  # rembg's u2netp normalisation (ImageNet)
 _STD = np.array((0.229, 0.224, 0.225), dtype=np.float32)
@@ -265,7 +265,8 @@ def _soft_mask(inner: Any, work: Image.Image, side: int) -> Image.Image:
     """u2net's saliency map for ``work`` (RGB) as an L image of ``side`` x ``side`` (the caller upsamples it
     once). rembg's numbers (LANCZOS squash to the square, divide by the image's max, ImageNet mean/std,
     min-max of the first output) in float32 and in place, where rembg normalises in float64 and upsamples
-    the mask with LANCZOS: same masks (IoU >= 0.99 to rembg's, bench/RESULTS.md), ~20 ms less per photo."""
+    the mask with LANCZOS: same masks (IoU >= 0.99 to rembg's, bench/RESULTS.md), ~4 CPU ms less per photo
+    (1-2 %: the forward pass is the rest)."""
     pixels = np.asarray(work.resize((side, side), Image.Resampling.LANCZOS), dtype=np.float32)
     pixels *= 1.0 / max(float(pixels.max()), 1e-6)
     pixels -= _MEAN
