@@ -8,6 +8,7 @@ cannot be built.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from pathlib import Path
@@ -28,7 +29,11 @@ PHOTOS = sorted(SAMPLES.iterdir())[::16][:6]  # a handful of different products,
 GUARD = 0.95  # mask IoU every photo must hold against plain rembg's fp32 320 px mask
 
 
-def _shopper_photos(n: int = 6) -> list[Image.Image]:
+SHOPPER_COUNT = 6
+
+
+@functools.cache
+def _shopper_photos(n: int = SHOPPER_COUNT) -> list[Image.Image]:
     """SYNTHETIC shopper photos (each of QUERY_KINDS in turn, seed 0) of catalog photos not in PHOTOS."""
     rest = [p for p in sorted(SAMPLES.iterdir()) if p not in PHOTOS][::9]
     rng = random.Random(0)
@@ -42,9 +47,6 @@ def _shopper_photos(n: int = 6) -> list[Image.Image]:
         )
         for i in range(n)
     ]
-
-
-SHOPPER = _shopper_photos()
 
 
 def _old_mask(original: Image.Image, soft_small: Image.Image) -> Image.Image:
@@ -107,11 +109,11 @@ def test_fast_masks_match_plain_rembg(photo: Path, removers: dict[str, Backgroun
     assert _iou(fast.mask, removers["plain"].remove(image).mask) >= GUARD
 
 
-@pytest.mark.parametrize("index", range(len(SHOPPER)), ids=lambda i: f"{QUERY_KINDS[i % 3]}-{i}")
+@pytest.mark.parametrize("index", range(SHOPPER_COUNT), ids=lambda i: f"{QUERY_KINDS[i % 3]}-{i}")
 def test_fast_masks_hold_the_guard_on_shopper_photos(
     index: int, removers: dict[str, BackgroundRemover]
 ) -> None:
-    photo = SHOPPER[index]
+    photo = _shopper_photos()[index]
     fast, plain = removers["fast"].remove(photo), removers["plain"].remove(photo)
     assert (fast.bbox is None) == (plain.bbox is None)
     assert _iou(fast.mask, plain.mask) >= GUARD
