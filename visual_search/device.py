@@ -22,9 +22,11 @@ CPU_DEFAULT_RUNTIME = "onnx-int8"
 BACKGROUND_RUNTIMES = ("rembg", "onnx", "onnx-int8")
 # Background removal (u2netp) always runs on ONNX Runtime; what changes is how (bench/RESULTS.md "Background
 # removal", visual_search/images/background.py): "rembg" is rembg's own session (its default options: worker
-# threads spin between runs), "onnx" the same model and pre/post-processing on this app's session options
-# (visual_search.encoders.runtime.session_options: threads = cores, graph optimisation ALL, no spinning).
-# int8 (static, calibrated on catalog photos) failed the mask IoU >= 0.95 guard, so "onnx-int8" runs "onnx".
+# threads spin between runs, its own pre/post-processing), "onnx" the same model on this app's session options
+# (visual_search.encoders.runtime.session_options: threads = cores, graph optimisation ALL, no spinning) with
+# the app's leaner pre/post-processing (images.background._soft_mask), fp32 at MODEL_INPUT_SIDE (320).
+# int8 (static, calibrated on catalog photos) and smaller input sides failed the mask IoU >= 0.95 guard, so
+# "onnx-int8" runs "onnx".
 CPU_DEFAULT_BACKGROUND_RUNTIME = "onnx"
 
 

@@ -3,13 +3,15 @@
 The model (default ``u2netp``) is a file under ``~/.u2net``; when it is missing the app says so once and
 searches the whole photo instead (:class:`BackgroundRemovalUnavailable`). Nothing here downloads it.
 
-Speed (bench/RESULTS.md "Background removal"): rembg's pre/post-processing is kept as it is (its session
-class runs the model), but the ONNX Runtime session gets this app's options
+Speed (bench/RESULTS.md "Background removal"): the ONNX Runtime session gets this app's options
 (``visual_search.encoders.runtime.session_options``: threads = cores, graph optimisation ALL, no spinning;
-rembg's default spins, which starves everything else on a shared 2-core machine), and the mask clean-up
-below uses separable numpy dilation instead of PIL's rank filters (same masks; a few ms instead of
-~220 ms per 640 px mask on a loaded 2-core machine). Which session runs is picked in ``visual_search.device.pick_background_runtime``; when the tuned
-session cannot be built, rembg's own serves, with one warning.
+rembg's default spins, which starves everything else on a shared 2-core machine); on that session the
+pre/post-processing is this module's (:func:`_soft_mask`: rembg's numbers in float32 where rembg uses
+float64; the same masks, a few ms less), and the mask clean-up uses
+separable numpy dilation instead of PIL's rank filters. The model's forward pass at
+:data:`MODEL_INPUT_SIDE` is nearly all that is left. Which session runs is picked in
+``visual_search.device.pick_background_runtime``; when the tuned session cannot be built, rembg's own
+serves (its own pre/post-processing), with one warning.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from visual_search.images.messages import reason
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "MODEL_INPUT_SIDE",
     "REMBG_WORK_SIDE",
     "BackgroundRemoval",
     "BackgroundRemovalUnavailable",
@@ -42,7 +45,18 @@ __all__ = [
 ]
 
 REMBG_WORK_SIDE = 640
-"""rembg's u2netp looks at 320x320 anyway; running on a 640 px copy keeps resizing cheap."""
+"""The model looks at MODEL_INPUT_SIDE anyway; a 640 px copy keeps resizing and mask clean-up cheap."""
+
+MODEL_INPUT_SIDE = 320
+"""Side of the square u2netp sees (rembg's, and the one its ONNX graph is fixed at). The network is fully
+convolutional and other sides run (the graph's input dims are rewritten), ~pixels cheaper, but every
+smaller side measured (304, 288, 256) failed the mask guard (IoU >= 0.95 to the 320 mask on every photo;
+on shopper photos min ~0.3, mean ~0.87-0.89: bench/RESULTS.md "Background removal"), so 320 stays."""
+
+_MEAN = np.array((0.485, 0.456, 0.406), dtype=np.float32)  # rembg's u2netp normalisation (ImageNet)
+_STD = np.array((0.229, 0.224, 0.225), dtype=np.float32)
+_U2NET_FAMILY = frozenset({"u2netp", "u2net", "u2net_human_seg", "silueta"})
+"""rembg models with u2netp's pre/post-processing (one saliency map, 320 square): :func:`_soft_mask` serves them."""
 
 
 class BackgroundRemovalUnavailable(ImageError):
@@ -100,13 +114,18 @@ class BackgroundRemover:
         model_name: str = "u2netp",
         *,
         work_side: int = REMBG_WORK_SIDE,
+        input_side: int = MODEL_INPUT_SIDE,
         runtime: str | None = None,
         device: str = "cpu",
     ) -> None:
         """``runtime``: the app's runtime setting (torch, onnx, onnx-int8, auto/None), mapped onto a
-        background-removal session by ``visual_search.device.pick_background_runtime`` at first use."""
+        background-removal session by ``visual_search.device.pick_background_runtime`` at first use.
+        ``input_side``: the square the model sees on the tuned session (rembg's own always uses 320)."""
+        if input_side < 32:
+            raise ValueError(f"input_side must be at least 32 pixels, not {input_side}")
         self.model_name = model_name
         self.work_side = work_side
+        self.input_side = input_side
         self.requested_runtime = runtime
         self.device = device
         self.runtime: str | None = None  # what runs once loaded: "rembg", "onnx" (None: not loaded yet)
@@ -182,13 +201,25 @@ class BackgroundRemover:
             ) from None
 
     def _tuned_session(self, rembg: Any) -> Any:
-        """rembg's session class (so its pre/post-processing and model lookup stay) on this app's session
-        options, CPU provider. int8 is not offered: it failed the mask guard (device.py)."""
+        """rembg's session class (its model lookup) on this app's session options, CPU provider; its
+        ``inner_session`` is run by :func:`_soft_mask`. int8 is not offered: it failed the mask guard
+        (device.py). Another input side than the graph's gets the graph with its input dims rewritten."""
         from visual_search.encoders.runtime import session_options
 
-        return rembg.new_session(
+        session = rembg.new_session(
             self.model_name, sess_opts=session_options(), providers=["CPUExecutionProvider"]
         )
+        shape = session.inner_session.get_inputs()[0].shape
+        if shape[2:] != [self.input_side, self.input_side]:
+            import onnxruntime as ort
+
+            model_file = next(p for p in model_file_candidates(self.model_name) if p.is_file())
+            session.inner_session = ort.InferenceSession(
+                _with_input_side(model_file, self.input_side),
+                session_options(),
+                providers=["CPUExecutionProvider"],
+            )
+        return session
 
     def _missing_message(self, candidates: list[Path]) -> str:
         where = " or ".join(str(p) for p in candidates)
@@ -212,7 +243,10 @@ class BackgroundRemover:
             original = image.copy()
         work = _shrink(original, self.work_side)
         try:
-            masks = session.predict(work)
+            if self.runtime == "onnx" and self.model_name in _U2NET_FAMILY:
+                masks = [_soft_mask(session.inner_session, work, self.input_side)]
+            else:
+                masks = session.predict(work)
         except Exception as e:  # noqa: BLE001 - onnxruntime failures: this photo only, not the app
             raise ImageError(
                 f"Background removal failed on this photo ({reason(e)}); search it without removal."
@@ -225,6 +259,39 @@ class BackgroundRemover:
         result = _cut_out(original, soft)
         result.seconds = time.perf_counter() - started
         return result
+
+
+def _soft_mask(inner: Any, work: Image.Image, side: int) -> Image.Image:
+    """u2net's saliency map for ``work`` (RGB), at ``work``'s size. rembg's numbers (LANCZOS squash to the
+    square, divide by the image's max, ImageNet mean/std, min-max of the first output, LANCZOS back up) in
+    float32 and in place where rembg works in float64, and only the first of the model's seven outputs
+    asked for: the map is within 1 grey level of rembg's and the masks the same (IoU 1.0000 on the bench
+    photos; a bilinear upscale saved ~1 ms more but moved masks to IoU 0.995, and one of 96 quality-bench
+    queries lost its rank-1 hit), ~3 CPU ms less per photo (1-2 %: the forward pass is the rest,
+    bench/RESULTS.md)."""
+    pixels = np.asarray(work.resize((side, side), Image.Resampling.LANCZOS), dtype=np.float32)
+    pixels *= 1.0 / max(float(pixels.max()), 1e-6)
+    pixels -= _MEAN
+    pixels /= _STD
+    feed = np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+    first = inner.get_outputs()[0].name
+    pred = inner.run([first], {inner.get_inputs()[0].name: feed})[0][0, 0]
+    low, high = float(pred.min()), float(pred.max())
+    scaled = (pred - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pred)
+    return Image.fromarray(scaled.astype(np.uint8), mode="L").resize(work.size, Image.Resampling.LANCZOS)
+
+
+def _with_input_side(model_path: Path, side: int) -> bytes:
+    """The u2net graph with its input (and output) fixed at ``side`` x ``side`` instead of 320: its Resize
+    ops take their sizes from the tensors' shapes, so the network runs at any side."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    for value in (*model.graph.input, *model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 4:
+            dims[2].dim_value = dims[3].dim_value = side
+    return model.SerializeToString()
 
 
 def model_file_candidates(model_name: str) -> list[Path]:
