@@ -49,8 +49,12 @@ def run_config(lab, s, config: Config) -> list[tuple[str, int]]:
         names = [n for n, _ in views]
         vecs = lab.embed([(_key(q, n), make) for n, make in views])
         scores = product_scores_for(lab, s, vecs)
+        exp = s.product_ids.index(q.expected)
+        if config.fusion == "oracle":
+            ranks.append((q.kind, min(rank(row, exp) for row in scores)))
+            continue
         fused = config.fusion(names, scores, q)
-        ranks.append((q.kind, rank(fused, s.product_ids.index(q.expected))))
+        ranks.append((q.kind, rank(fused, exp)))
     return ranks
 
 
@@ -152,14 +156,251 @@ def analyse(lab, s) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Candidate configurations
+# Candidate configurations: views by name "kind[+mods]@box" (box = index into q.boxes)
+
+
+def gray_world(im: Image.Image) -> Image.Image:
+    """Divide each channel by its mean (scaled to the overall mean): undoes a colour cast."""
+    a = np.asarray(im.convert("RGB"), np.float32)
+    means = a.reshape(-1, 3).mean(axis=0)
+    gains = means.mean() / np.maximum(means, 1.0)
+    return Image.fromarray((a * gains).clip(0, 255).astype(np.uint8), "RGB")
+
+
+def gray_world_masked(im: Image.Image) -> Image.Image:
+    """Gray world over non-white pixels only (a cut-out's white canvas would dilute the cast)."""
+    a = np.asarray(im.convert("RGB"), np.float32)
+    keep = a.min(axis=2) < 245
+    px = a[keep] if keep.sum() > 100 else a.reshape(-1, 3)
+    means = px.mean(axis=0)
+    gains = means.mean() / np.maximum(means, 1.0)
+    out = a * gains
+    out[~keep] = 255
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def square_pad(im: Image.Image, fill=(255, 255, 255)) -> Image.Image:
+    side = max(im.size)
+    c = Image.new("RGB", (side, side), fill)
+    c.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
+    return c
+
+
+def pad_for_crop(im: Image.Image, share: float = 0.875, fill=(255, 255, 255)) -> Image.Image:
+    """Pad so that the encoder's centre crop of ``share`` keeps the whole image."""
+    side = round(max(im.size) / share)
+    c = Image.new("RGB", (side, side), fill)
+    c.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
+    return c
+
+
+def make_view(q, name: str) -> Image.Image:
+    base, _, idx = name.partition("@")
+    kind, *mods = base.split("+")
+    box_index = int(idx) if idx else 0
+    if kind == "photo":
+        im = q.photo
+    elif kind == "centre":
+        im = qv._centre_view(q.photo)
+    elif kind == "cleaned":
+        im = q.cleaned if q.cleaned is not None else q.photo
+    elif kind == "cutout":
+        im = qv.make_views(q.photo, q.mask, q.boxes, box_index, ("cutout",))["cutout"]
+    elif kind.startswith("box"):
+        pad = int(kind[3:] or 10) / 100
+        im = qv._box_view(q.photo, q.boxes[box_index], pad)
+    elif kind == "union":  # the box around every object
+        boxes = q.boxes
+        b = qv.Box(
+            min(x.x0 for x in boxes),
+            min(x.y0 for x in boxes),
+            max(x.x1 for x in boxes),
+            max(x.y1 for x in boxes),
+            0,
+            1,
+        )
+        im = qv._box_view(q.photo, b)
+    else:
+        raise ValueError(name)
+    for mod in mods:
+        if mod == "m":
+            im = ImageOps.mirror(im)
+        elif mod == "gw":
+            im = gray_world(im)
+        elif mod == "gwm":
+            im = gray_world_masked(im)
+        elif mod == "sq":
+            im = square_pad(im)
+        elif mod == "sqg":
+            im = square_pad(im, (124, 116, 104))
+        elif mod == "pc":
+            im = pad_for_crop(im)
+        elif mod == "ac":
+            im = ImageOps.autocontrast(im, cutoff=1)
+        else:
+            raise ValueError(mod)
+    return im
+
+
+def named(fn):
+    """fn(q) -> view names (or None: the query has no object -> whole photo)."""
+
+    def views(q):
+        names = fn(q) if q.mask is not None and q.boxes else None
+        names = names or ["photo"]
+        return [(n, (lambda n=n: make_view(q, n))) for n in names]
+
+    return views
+
+
+def fuse_embed(lab_getter):
+    raise NotImplementedError
+
+
+def fuse_weighted(weights: dict[str, float]):
+    def f(names, scores, q):
+        w = np.array([weights.get(n.split("@")[0], 1.0) for n in names], np.float32)
+        return (scores * w[:, None]).sum(axis=0) / w.sum()
+
+    return f
+
+
+def fuse_groups_max(names, scores, q):
+    """Mean within a group (same base view name without +m mods), max across groups."""
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        base = n.split("@")[0].split("+")[0]
+        groups.setdefault(base, []).append(i)
+    return np.max([scores[ix].mean(axis=0) for ix in groups.values()], axis=0)
+
+
+def coverage(q) -> float:
+    b = q.boxes[0]
+    return (b.x1 - b.x0) * (b.y1 - b.y0) / (q.photo.width * q.photo.height)
+
+
+def edges(q) -> int:
+    b = q.boxes[0]
+    w, h = q.photo.size
+    t = 0.02
+    return sum([b.x0 <= t * w, b.y0 <= t * h, b.x1 >= (1 - t) * w, b.y1 >= (1 - t) * h])
+
+
+def gated_photo(extra=("photo",), min_cov=0.5, base=("cutout@0", "box@0")):
+    def fn(q):
+        names = list(base)
+        if coverage(q) >= min_cov:
+            names += list(extra)
+        return names
+
+    return fn
+
 
 CONFIGS: dict[str, Config] = {
-    "photo": Config(lambda q: [("photo", lambda: q.photo)], fuse_max),
-    "auto(cutout+box,max)": Config(views_default(), fuse_max),
-    "auto(cutout+box,mean)": Config(views_default(), fuse_mean),
+    "photo": Config(named(lambda q: ["photo"]), fuse_max),
+    "auto": Config(named(lambda q: ["cutout@0", "box@0"]), fuse_max),
+    "auto-mean": Config(named(lambda q: ["cutout@0", "box@0"]), fuse_mean),
+    "cutout+pc,box": Config(named(lambda q: ["cutout+pc@0", "box@0"]), fuse_max),
+    "cutout,box,+m": Config(named(lambda q: ["cutout@0", "box@0", "cutout+m@0", "box+m@0"]), fuse_max),
+    "cutout,box,+m groups": Config(
+        named(lambda q: ["cutout@0", "box@0", "cutout+m@0", "box+m@0"]), fuse_groups_max
+    ),
+    "cutout,box,+m mean": Config(named(lambda q: ["cutout@0", "box@0", "cutout+m@0", "box+m@0"]), fuse_mean),
+    "cutout,box,box30": Config(named(lambda q: ["cutout@0", "box@0", "box30@0"]), fuse_max),
+    "cutout,box,box30 mean": Config(named(lambda q: ["cutout@0", "box@0", "box30@0"]), fuse_mean),
+    "cutout,box,gw": Config(named(lambda q: ["cutout@0", "box@0", "box+gw@0"]), fuse_max),
+    "cutout,box,cutgwm": Config(named(lambda q: ["cutout@0", "box@0", "cutout+gwm@0"]), fuse_max),
+    "cutgwm,boxgw": Config(named(lambda q: ["cutout+gwm@0", "box+gw@0"]), fuse_max),
+    "gate photo .5": Config(named(gated_photo()), fuse_max),
+    "gate photo .35": Config(named(gated_photo(min_cov=0.35)), fuse_max),
+    "gate photo .65": Config(named(gated_photo(min_cov=0.65)), fuse_max),
+    "gate photo+gw .5": Config(named(gated_photo(("photo", "photo+gw"))), fuse_max),
+    "gate photo .5 mean": Config(named(gated_photo()), fuse_mean),
 }
 
 
-def _mirror(im: Image.Image) -> Image.Image:
-    return ImageOps.mirror(im)
+def _topk_stats(scores: np.ndarray, k: int = 50):
+    top = np.sort(scores, axis=1)[:, ::-1][:, :k]
+    return top.mean(axis=1, keepdims=True), top.std(axis=1, keepdims=True) + 1e-6, top
+
+
+def fuse_z(how: str = "max", k: int = 50, weights: dict | None = None):
+    """Standardise each view's scores over its own top-k list (what the store returns), then fuse."""
+
+    def f(names, scores, q):
+        mu, sd, _ = _topk_stats(scores, k)
+        z = (scores - mu) / sd
+        if weights:
+            w = np.array([weights.get(n.split("@")[0], 1.0) for n in names], np.float32)[:, None]
+            z = z * w if how == "max" else z * w / w.mean()
+        return z.max(axis=0) if how == "max" else z.mean(axis=0)
+
+    return f
+
+
+def fuse_penalty(delta: float, penalised=("photo", "photo+gw")):
+    def f(names, scores, q):
+        pen = np.array([delta if n in penalised else 0.0 for n in names], np.float32)[:, None]
+        return (scores - pen).max(axis=0)
+
+    return f
+
+
+def fuse_oracle(names, scores, q):  # not a pipeline: the best any single view did (ceiling)
+    return scores  # handled in run_config
+
+
+ALL3 = named(lambda q: ["cutout@0", "box@0", "photo"])
+ALL3GW = named(lambda q: ["cutout@0", "box@0", "photo+gw"])
+CONFIGS.update(
+    {
+        "c,b zmax": Config(named(lambda q: ["cutout@0", "box@0"]), fuse_z("max")),
+        "c,b zmean": Config(named(lambda q: ["cutout@0", "box@0"]), fuse_z("mean")),
+        "c,b,p max": Config(ALL3, fuse_max),
+        "c,b,p zmax": Config(ALL3, fuse_z("max")),
+        "c,b,p zmean": Config(ALL3, fuse_z("mean")),
+        "c,b,p zmax k20": Config(ALL3, fuse_z("max", 20)),
+        "c,b,p zmean k20": Config(ALL3, fuse_z("mean", 20)),
+        "c,b,p pen.02": Config(ALL3, fuse_penalty(0.02)),
+        "c,b,p pen.05": Config(ALL3, fuse_penalty(0.05)),
+        "c,b,pgw zmax": Config(ALL3GW, fuse_z("max")),
+        "c,b,pgw zmean": Config(ALL3GW, fuse_z("mean")),
+        "c,b,p,b30 zmean": Config(named(lambda q: ["cutout@0", "box@0", "photo", "box30@0"]), fuse_z("mean")),
+        "oracle c,b,p": Config(ALL3, "oracle"),
+        "oracle c,b,p,gw,b30,m": Config(
+            named(lambda q: ["cutout@0", "box@0", "photo", "box+gw@0", "photo+gw", "box30@0", "cutout+m@0"]),
+            "oracle",
+        ),
+    }
+)
+
+
+def pick(q, power: float = 4.0, area_power: float = 1.0) -> int:
+    return max(
+        range(len(q.boxes)), key=lambda i: q.boxes[i].area ** area_power * q.boxes[i].centrality ** power
+    )
+
+
+def picked(views, **kw):
+    return named(lambda q: [v.replace("@0", f"@{pick(q, **kw)}") for v in views])
+
+
+CB = ["cutout@0", "box@0"]
+CONFIGS.update(
+    {
+        "P4 c,b max": Config(picked(CB), fuse_max),
+        "P4 c,b zmax": Config(picked(CB), fuse_z("max")),
+        "P4 c,b mean": Config(picked(CB), fuse_mean),
+        "P3 c,b max": Config(picked(CB, power=3), fuse_max),
+        "P4 c,b,+m groups": Config(picked(["cutout@0", "box@0", "cutout+m@0", "box+m@0"]), fuse_groups_max),
+        "P4 c,b,bgw max": Config(picked(["cutout@0", "box@0", "box+gw@0"]), fuse_max),
+        "P4 c,b,bgw zmax": Config(picked(["cutout@0", "box@0", "box+gw@0"]), fuse_z("max")),
+        "P4 c,b,b30 max": Config(picked(["cutout@0", "box@0", "box30@0"]), fuse_max),
+        "P4 c,b,p pen.05": Config(picked(["cutout@0", "box@0", "photo"]), fuse_penalty(0.05)),
+        "P4 c,b,p pen.03": Config(picked(["cutout@0", "box@0", "photo"]), fuse_penalty(0.03)),
+        "P4 c,b,p zmax": Config(picked(["cutout@0", "box@0", "photo"]), fuse_z("max")),
+        "P4 oracle c,b,p,gw,b30,m": Config(
+            picked(["cutout@0", "box@0", "photo", "box+gw@0", "photo+gw", "box30@0", "cutout+m@0"]), "oracle"
+        ),
+    }
+)

