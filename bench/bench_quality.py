@@ -45,7 +45,6 @@ from visual_search.evaluation import (  # noqa: E402
 )
 from visual_search.query_views import (  # noqa: E402
     FUSIONS,
-    VIEW_HANDICAP,
     VIEW_NAMES,
     fuse,
     prepare_views,
@@ -109,8 +108,7 @@ def config_ranks(engine, scores: list[QueryScores], views: tuple[str, ...], fusi
             (hits,) = search_vectors(engine.store, mean[None, :].astype(np.float32), n_products)
             ranking = sorted(hits, key=lambda p: -hits[p].score)
         else:
-            handicaps = [VIEW_HANDICAP.get(v, 0.0) for v in present]  # what auto's max applies
-            ranking = [pid for pid, _ in fuse(fusion, [s.per_view[v] for v in present], handicaps)]
+            ranking = [pid for pid, _ in fuse(fusion, [s.per_view[v] for v in present])]
         ranks.append((s.kind, rank_of(ranking, s.expected)))
     return ranks
 

@@ -14,7 +14,6 @@ from visual_search.engine import SearchEngine
 from visual_search.images.background import BackgroundRemoval
 from visual_search.query_views import (
     AUTO_VIEWS,
-    VIEW_HANDICAP,
     detect_objects,
     fuse,
     fuse_max,
@@ -86,23 +85,6 @@ def test_fusion_ranks_the_product_every_view_likes_first() -> None:
     assert rrf[0][1] == pytest.approx(2 / 62 + 1 / 61)
     with pytest.raises(ValueError, match="unknown fusion"):
         fuse("median", [photo])
-
-
-def test_max_fusion_handicaps_the_whole_photo_so_a_distractor_match_does_not_win() -> None:
-    # clutter: the whole photo matches the distractor a bit better than the object views match the
-    # item; with the photo handicapped by VIEW_HANDICAP the item wins, and a product only the whole
-    # photo finds (a close-up whose mask caught a logo) still comes back, just lower
-    cutout = {"item": 0.70, "logo-like": 0.40}
-    box = {"item": 0.66, "distractor": 0.50}
-    photo = {"distractor": 0.73, "item": 0.60, "only-photo": 0.69}
-    assert fuse_max([cutout, box, photo])[0][0] == "distractor"
-    handicaps = [VIEW_HANDICAP.get(v, 0.0) for v in ("cutout", "box", "photo")]
-    assert handicaps == [0.0, 0.0, pytest.approx(0.05)]
-    ranked = fuse("max", [cutout, box, photo], handicaps)
-    assert [p for p, _ in ranked] == ["item", "distractor", "only-photo", "logo-like"]
-    assert dict(ranked)["distractor"] == pytest.approx(0.68)
-    with pytest.raises(ValueError):
-        fuse_max([cutout, box], [0.0])  # one handicap per view
 
 
 def test_mean_fusion_gives_a_missing_product_the_views_lowest_score() -> None:
@@ -234,7 +216,7 @@ def test_search_photo_returns_views_and_normalised_boxes_and_searches_the_tapped
     first = colour_engine.search_photo(photo, top_k=3)  # background defaults to auto
     assert first.mode == "image" and first.pipeline == "auto" and first.fusion == "max"
     assert [v.name for v in first.views] == list(AUTO_VIEWS)
-    assert [v.label for v in first.views] == ["cut-out", "object box", "whole photo"]
+    assert [v.label for v in first.views] == ["cut-out", "object box"]
     assert len(first.objects) == 2 and first.box_index == 0
     blue, red = first.objects
     # the blue disc spans x 170..310 of 480, y 110..250 of 360

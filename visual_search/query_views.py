@@ -80,7 +80,6 @@ __all__ = [
     "AUTO_VIEWS",
     "FUSIONS",
     "MODES",
-    "VIEW_HANDICAP",
     "VIEW_LABELS",
     "VIEW_NAMES",
     "Box",
@@ -106,13 +105,8 @@ VIEW_NAMES = ("photo", "cutout", "box", "centre")
 VIEW_LABELS = {"photo": "whole photo", "cutout": "cut-out", "box": "object box", "centre": "centre"}
 FUSIONS = ("max", "mean", "rrf", "embed")
 RRF_K = 60
-AUTO_VIEWS: tuple[str, ...] = ("cutout", "box", "photo")
+AUTO_VIEWS: tuple[str, ...] = ("cutout", "box")
 AUTO_FUSION = "max"
-# Max fusion compares cosines across views, and a cut-out on white looks more like a studio catalog
-# shot than any photo with its background does; the whole photo's cosines are handicapped by this
-# much so that it wins a product only when it is clearly better (close-ups where the "object" the
-# mask found is a logo on the item), not on clutter, where its best match is the distractor.
-VIEW_HANDICAP: dict[str, float] = {"photo": 0.05}
 CENTRALITY_POWER = 4.0
 BOX_PADDING = 0.10  # the box view keeps 10% of the object's size around it, on every side
 CENTRE_SHARE = 0.6  # the centre view: the middle 60% of each side
@@ -320,16 +314,11 @@ def _ranked(scores: Mapping[str, float]) -> list[str]:
     return sorted(scores, key=lambda pid: (-scores[pid], pid))
 
 
-def fuse_max(
-    per_view: Sequence[Mapping[str, float]], handicaps: Sequence[float] | None = None
-) -> list[tuple[str, float]]:
-    """Each product's best score over the views, best first; ``handicaps`` (one per view, default
-    0) are subtracted from that view's scores first (see VIEW_HANDICAP)."""
-    offsets = list(handicaps) if handicaps is not None else [0.0] * len(per_view)
+def fuse_max(per_view: Sequence[Mapping[str, float]]) -> list[tuple[str, float]]:
+    """Each product's best score over the views, best first."""
     fused: dict[str, float] = {}
-    for scores, offset in zip(per_view, offsets, strict=True):
-        for pid, raw in scores.items():
-            score = raw - offset
+    for scores in per_view:
+        for pid, score in scores.items():
             if pid not in fused or score > fused[pid]:
                 fused[pid] = score
     return [(pid, fused[pid]) for pid in _ranked(fused)]
@@ -362,13 +351,10 @@ def fuse_rrf(per_view: Sequence[Mapping[str, float]], k: int = RRF_K) -> list[tu
     return [(pid, fused[pid]) for pid in _ranked(fused)]
 
 
-def fuse(
-    method: str, per_view: Sequence[Mapping[str, float]], handicaps: Sequence[float] | None = None
-) -> list[tuple[str, float]]:
-    """Score fusion by name (``max``, ``mean``, ``rrf``); ``embed`` is done before searching.
-    ``handicaps`` apply to ``max`` only (the other fusions are scale-free or average)."""
+def fuse(method: str, per_view: Sequence[Mapping[str, float]]) -> list[tuple[str, float]]:
+    """Score fusion by name (``max``, ``mean``, ``rrf``); ``embed`` is done before searching."""
     if method == "max":
-        return fuse_max(per_view, handicaps)
+        return fuse_max(per_view)
     if method == "mean":
         return fuse_mean(per_view)
     if method == "rrf":
@@ -569,7 +555,7 @@ def search_views(
     else:
         per_view_hits = searched(vectors)
         scores = [{pid: hit.score for pid, hit in hits.items()} for hits in per_view_hits]
-        fused = fuse(method, scores, [VIEW_HANDICAP.get(name, 0.0) for name in names_used])
+        fused = fuse(method, scores)
         representative = _best_hits(per_view_hits)
         per_view = {
             name: [ProductResult.from_hit(h) for _, h in _by_score(hits)[:top_k]]
