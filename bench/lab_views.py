@@ -21,6 +21,11 @@ class Config:
 
 
 def _key(q, name: str) -> str:
+    """Cache key: the photo and the view, with the object's box coordinates (not its index, which
+    changes with the object order)."""
+    base, at, idx = name.partition("@")
+    if at and q.boxes and int(idx) < len(q.boxes):
+        return f"{q.path}:{base}@{q.boxes[int(idx)].as_tuple()}"
     return f"{q.path}:{name}"
 
 
@@ -29,7 +34,7 @@ def views_default(names=("cutout", "box"), box_index: int = 0):
         if q.mask is None or not q.boxes:
             return [("photo", lambda: q.photo)]
         views = qv.make_views(q.photo, q.mask, q.boxes, box_index, names)
-        return [(n, (lambda im=im: im)) for n, im in views.items()]
+        return [(f"{n}@{box_index}", (lambda im=im: im)) for n, im in views.items()]
 
     return make
 
@@ -102,7 +107,7 @@ def analyse(lab, s) -> None:
         r_oracle = None
         if m is not None and m != 0:
             ov = views_default(box_index=m)(q)
-            vecs = lab.embed([(_key(q, f"{n}@{m}"), mk) for n, mk in ov])
+            vecs = lab.embed([(_key(q, n), mk) for n, mk in ov])
             r_oracle = rank(product_scores_for(lab, s, vecs).max(axis=0), exp)
         gt = None
         if q.item_box is not None:
@@ -392,6 +397,7 @@ CONFIGS.update(
         "P4 c,b zmax": Config(picked(CB), fuse_z("max")),
         "P4 c,b mean": Config(picked(CB), fuse_mean),
         "P3 c,b max": Config(picked(CB, power=3), fuse_max),
+        "P2 c,b max": Config(picked(CB, power=2), fuse_max),
         "P4 c,b,+m groups": Config(picked(["cutout@0", "box@0", "cutout+m@0", "box+m@0"]), fuse_groups_max),
         "P4 c,b,bgw max": Config(picked(["cutout@0", "box@0", "box+gw@0"]), fuse_max),
         "P4 c,b,bgw zmax": Config(picked(["cutout@0", "box@0", "box+gw@0"]), fuse_z("max")),
@@ -404,3 +410,64 @@ CONFIGS.update(
         ),
     }
 )
+
+
+# -- object detection variants: boxes from a thresholded / opened mask -------------------------
+_BOX_CACHE: dict = {}
+
+
+def detector(threshold: int = 128, open_px: int = 0):
+    from PIL import ImageFilter
+
+    def boxes_for(q):
+        key = (str(q.path), threshold, open_px)
+        if key not in _BOX_CACHE:
+            m = q.mask
+            if open_px:
+                m = m.filter(ImageFilter.MinFilter(open_px)).filter(ImageFilter.MaxFilter(open_px))
+            _BOX_CACHE[key] = qv.detect_objects(m, threshold=threshold)
+        return _BOX_CACHE[key]
+
+    return boxes_for
+
+
+def with_detector(det, views=("cutout@0", "box@0")):
+    import dataclasses
+
+    def make(q):
+        if q.mask is None:
+            return [("photo", lambda: q.photo)]
+        boxes = det(q)
+        if not boxes:
+            return [("photo", lambda: q.photo)]
+        q2 = dataclasses.replace(q, boxes=boxes)
+        return [(n, (lambda n=n, q2=q2: make_view(q2, n))) for n in views], q2
+
+    def views_fn(q):
+        out = make(q)
+        if isinstance(out, tuple):
+            pairs, q2 = out
+            return [(_key(q2, n), m) for n, m in pairs]
+        return [(_key(q, n), m) for n, m in out]
+
+    return views_fn
+
+
+def run_keyed(lab, s, views_fn, fusion) -> list:
+    ranks = []
+    for q in s.queries:
+        pairs = views_fn(q)
+        vecs = lab.embed(pairs)
+        scores = product_scores_for(lab, s, vecs)
+        ranks.append((q.kind, rank(scores.max(axis=0), s.product_ids.index(q.expected))))
+    return ranks
+
+
+DETECTORS = {
+    "t128": detector(),
+    "t200": detector(200),
+    "t128 open5": detector(128, 5),
+    "t128 open9": detector(128, 9),
+    "t128 open15": detector(128, 15),
+    "t200 open9": detector(200, 9),
+}

@@ -206,7 +206,7 @@ def grid(images: list[tuple[Image.Image, str]], path: Path, cell: int = 200, col
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("analyse", "configs"))
+    ap.add_argument("what", choices=("analyse", "configs", "detectors"))
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--model", default=None)
     ap.add_argument("--catalog", default=str(ROOT / "sample_catalog" / "catalog.csv"))
@@ -222,7 +222,20 @@ def main() -> int:
     started = time.perf_counter()
     sets = [lab.build_set(label.strip()) for label in args.seeds.split(",") if label.strip()]
     print(f"sets ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    if args.what == "analyse":
+    if args.what == "detectors":
+        from lab_views import DETECTORS, run_keyed, with_detector
+
+        for name, det in DETECTORS.items():
+            line = []
+            for s in sets:
+                m = summarise(run_keyed(lab, s, with_detector(det), None))
+                line.append(
+                    f"{s.label}: all {m['all'][0]:.3f}/{m['all'][1]:.3f} "
+                    + " ".join(f"{k[:5]} {m[k][0]:.3f}" for k in m if k != "all")
+                )
+            print(f"{name:28s} | " + " | ".join(line), flush=True)
+            lab.save()
+    elif args.what == "analyse":
         for s in sets:
             analyse(lab, s)
     else:
