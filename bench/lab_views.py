@@ -135,7 +135,7 @@ def analyse(lab, s) -> None:
         )
     out = Path(f"/tmp/lab-fail-{s.label.replace(' ', '')}.png")
     cells = []
-    for q, r_auto, m, r_or, gt, r_photo in failures[:24]:
+    for q, r_auto, m, _r_or, gt, r_photo in failures[:24]:
         img = q.photo.copy()
         from PIL import ImageDraw
 
