@@ -210,6 +210,10 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--model", default=None)
     ap.add_argument("--catalog", default=str(ROOT / "sample_catalog" / "catalog.csv"))
+    ap.add_argument(
+        "--split",
+        help="a finetune run.json: report its validation products and its trained products apart",
+    )
     ap.add_argument("--only", default="", help='config names separated by ";"')
     args = ap.parse_args()
     if args.model is None:
@@ -240,10 +244,27 @@ def main() -> int:
             analyse(lab, s)
     else:
         names = [n for n in args.only.split(";") if n] or list(CONFIGS)
+        val: set[str] | None = None
+        if args.split:
+            import json
+
+            val = set(json.loads(Path(args.split).read_text())["val_products"])
         for name in names:
             line = []
             for s in sets:
-                m = summarise(run_config(lab, s, CONFIGS[name]))
+                ranks = run_config(lab, s, CONFIGS[name])
+                if val is not None:
+                    for part, keep in (("val", True), ("trained", False)):
+                        sub = [
+                            r for r, q in zip(ranks, s.queries, strict=True) if (q.expected in val) == keep
+                        ]
+                        m = summarise(sub)
+                        line.append(
+                            f"{s.label} {part} n={m['all'][3]}: all {m['all'][0]:.3f}/{m['all'][1]:.3f} "
+                            + " ".join(f"{k[:5]} {m[k][0]:.3f}" for k in m if k != "all")
+                        )
+                    continue
+                m = summarise(ranks)
                 line.append(
                     f"{s.label}: all {m['all'][0]:.3f}/{m['all'][1]:.3f} "
                     + " ".join(f"{k[:5]} {m[k][0]:.3f}" for k in m if k != "all")
