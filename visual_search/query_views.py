@@ -11,7 +11,8 @@ several *views* of the photo in ONE batched forward and fuses the per-view produ
 - ``centre``  the central 60% of the photo (a candidate; see the measurements)
 
 ``detect_objects`` turns the saliency mask into boxes (connected components, sizeable ones only,
-ordered by area x centrality); the first is the default, the caller (UI chips, API) may pick another.
+ordered by area x centrality^4); the first is the default, the caller (UI chips, API) may pick
+another.
 
 Modes: ``off`` = whole photo only, ``on`` = today's cut-out (all salient pixels on white) only,
 ``auto`` = the measured default below.
@@ -21,8 +22,8 @@ Fusion choices (all in :data:`FUSIONS`): ``max`` (best cosine per product over v
 score), ``rrf`` (reciprocal-rank fusion, k=60) and ``embed`` (one search with the normalised mean of
 the view embeddings).
 
-Why ``auto`` = cutout + box, max fusion (bench/bench_quality.py, bench/RESULTS.md "Shopper-photo
-quality"; timm:efficientnet_lite0, sample catalog, SYNTHETIC shopper photos, 32 per kind; every
+Why ``auto`` = cutout + box, max fusion (first round, objects then ordered by area x centrality^2;
+bench/bench_quality.py, bench/RESULTS.md "Shopper-photo quality"; timm:efficientnet_lite0, sample catalog, SYNTHETIC shopper photos, 32 per kind; every
 subset of photo/cutout/box/centre/today's cut-out x every fusion, tuned on seed 0, confirmed on seed 1
 and on a set made from held-out photos that are not in the index):
 
@@ -66,15 +67,18 @@ R@10            0.938 -> 0.958        0.927 -> 0.948        0.906 -> 0.917      
 (held-out photos, 21 queries: R@1 0.095 either way, R@10 0.810 -> 0.762, one query). The rest of
 the failures are the right object retrieved wrongly, mostly rank 2-6 between look-alike products
 (juices, polo shirts, hoodies): a crop of the TRUE item box alone scores R@1 0.84 / 0.78 / 0.75
-on close-up / clutter / handheld (seed 0), about what the detected object's views do, and even the best of seven views
-per photo (an oracle) reaches only 0.865 / 0.844 (seeds 0 / 1). Tried in that round and not kept
+on close-up / clutter / handheld (seed 0), about what the detected object's views do, and even the
+best of seven views per photo (an oracle) reaches only 0.865 / 0.844 (seeds 0 / 1): more views will
+not reach the issue's R@1 0.85 with this model. The fine-tuned checkpoint of bench/RESULTS.md does,
+on its validation products (pooled R@1 0.890, R@10 1.000 over seeds 0, 1, 3, 4; base 0.836). Tried in that round and not kept
 (within one or two queries on the tuning seeds, or worse on the held-out photos): the whole photo as
 a third view with a 0.05 handicap in max fusion (R@1 +0.010 on seeds 0, 1, 3, held-out R@10 0.762 ->
 0.667), per-view z-scored max/mean fusion, mirrored views, a 30%-padded box, gray-world colour
 correction of the box or cut-out, padding views against the encoder's centre crop, a whole-photo
 view gated by how much of the frame the object covers, and boxes from a thresholded or opened mask.
 
-Latency: auto = today's ``on`` (one u2netp pass) + one batched forward of 2 views instead of 1.
+Latency: auto = today's ``on`` (one u2netp pass) + one batched forward of 2 views instead of 1
+(seed-1 photos, one CLI run, 2 busy cores: total p50 466 ms vs ``on`` 420 ms and ``off`` 61 ms).
 
 Photo + text ("like this, but in blue"): the text embedding is blended into EVERY searched view's
 vector with the same weight (``(1 - w) * view + w * text``, normalised), then the views are fused as
