@@ -143,7 +143,8 @@ class Lab:
             row = rows[str(Path(q.image).relative_to(folder.resolve()))]
             box = tuple(int(v) for v in row.get("item_box", "").split()) or None
             mask, cleaned = self.mask_for(Path(q.image))
-            lq = LabQuery(row["kind"], q.expected[0], Path(q.image), box, load_image(q.image), mask, cleaned)  # type: ignore[arg-type]
+            photo = load_image(q.image)
+            lq = LabQuery(row["kind"], q.expected[0], Path(q.image), box, photo, mask, cleaned)  # type: ignore[arg-type]
             lq.boxes = detect_objects(mask) if mask is not None else []
             queries.append(lq)
         self.save()

@@ -23,9 +23,10 @@ score), ``rrf`` (reciprocal-rank fusion, k=60) and ``embed`` (one search with th
 the view embeddings).
 
 Why ``auto`` = cutout + box, max fusion (first round, objects then ordered by area x centrality^2;
-bench/bench_quality.py, bench/RESULTS.md "Shopper-photo quality"; timm:efficientnet_lite0, sample catalog, SYNTHETIC shopper photos, 32 per kind; every
-subset of photo/cutout/box/centre/today's cut-out x every fusion, tuned on seed 0, confirmed on seed 1
-and on a set made from held-out photos that are not in the index):
+bench/bench_quality.py, bench/RESULTS.md "Shopper-photo quality"; timm:efficientnet_lite0, sample
+catalog, SYNTHETIC shopper photos, 32 per kind; every subset of photo/cutout/box/centre/today's
+cut-out x every fusion, tuned on seed 0, confirmed on seed 1 and on a set made from held-out photos
+that are not in the index):
 
 =========================  ==========  ==========  ===================
 R@1 (all kinds)            seed 0      seed 1      holdout (21, seed 2)
@@ -70,12 +71,14 @@ the failures are the right object retrieved wrongly, mostly rank 2-6 between loo
 on close-up / clutter / handheld (seed 0), about what the detected object's views do, and even the
 best of seven views per photo (an oracle) reaches only 0.865 / 0.844 (seeds 0 / 1): more views will
 not reach the issue's R@1 0.85 with this model. The fine-tuned checkpoint of bench/RESULTS.md does,
-on its validation products (pooled R@1 0.890, R@10 1.000 over seeds 0, 1, 3, 4; base 0.836). Tried in that round and not kept
-(within one or two queries on the tuning seeds, or worse on the held-out photos): the whole photo as
-a third view with a 0.05 handicap in max fusion (R@1 +0.010 on seeds 0, 1, 3, held-out R@10 0.762 ->
-0.667), per-view z-scored max/mean fusion, mirrored views, a 30%-padded box, gray-world colour
-correction of the box or cut-out, padding views against the encoder's centre crop, a whole-photo
-view gated by how much of the frame the object covers, and boxes from a thresholded or opened mask.
+on its validation products (pooled R@1 0.890, R@10 1.000 over seeds 0, 1, 3, 4; base 0.836).
+
+Tried in that round and not kept (within one or two queries on the tuning seeds, or worse on the
+held-out photos): the whole photo as a third view with a 0.05 handicap in max fusion (R@1 +0.010 on
+seeds 0, 1, 3, held-out R@10 0.762 -> 0.667), per-view z-scored max/mean fusion, mirrored views, a
+30%-padded box, gray-world colour correction of the box or cut-out, padding views against the
+encoder's centre crop, a whole-photo view gated by how much of the frame the object covers, and
+boxes from a thresholded or opened mask.
 
 Latency: auto = today's ``on`` (one u2netp pass) + one batched forward of 2 views instead of 1
 (seed-1 photos, one CLI run, 2 busy cores: total p50 466 ms vs ``on`` 420 ms and ``off`` 61 ms).
