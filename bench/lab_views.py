@@ -471,3 +471,32 @@ DETECTORS = {
     "t128 open15": detector(128, 15),
     "t200 open9": detector(200, 9),
 }
+
+
+def soft_view(q, box_index: int = 0, keep: float = 0.5) -> Image.Image:
+    """The object's box with its background faded ``keep`` of the way to white (between cut-out and box)."""
+    box = q.boxes[box_index]
+    others = [b for i, b in enumerate(q.boxes) if i != box_index]
+    mask = qv._object_mask(q.mask, box, others)
+    alpha = mask.point(lambda v: round(255 * (1 - keep) + v * keep))
+    faded = Image.composite(q.photo, Image.new("RGB", q.photo.size, (255, 255, 255)), alpha)
+    return qv._box_view(faded, box)
+
+
+def _soft_views(extra: tuple[str, ...], keep: float):
+    def views(q):
+        if q.mask is None or not q.boxes:
+            return [(_key(q, "photo"), lambda: q.photo)]
+        out = [(_key(q, n), (lambda n=n: make_view(q, n))) for n in extra]
+        out.append((f"{_key(q, 'box@0')}:soft{keep}", lambda: soft_view(q, 0, keep)))
+        return out
+
+    return views
+
+
+SOFT = {
+    "cutout+soft.5": _soft_views(("cutout@0",), 0.5),
+    "cutout+box+soft.5": _soft_views(("cutout@0", "box@0"), 0.5),
+    "cutout+soft.7": _soft_views(("cutout@0",), 0.7),
+    "box+soft.7": _soft_views(("box@0",), 0.7),
+}

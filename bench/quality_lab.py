@@ -207,7 +207,7 @@ def grid(images: list[tuple[Image.Image, str]], path: Path, cell: int = 200, col
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("analyse", "configs", "detectors"))
+    ap.add_argument("what", choices=("analyse", "configs", "detectors", "soft"))
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--model", default=None)
     ap.add_argument("--catalog", default=str(ROOT / "sample_catalog" / "catalog.csv"))
@@ -227,13 +227,14 @@ def main() -> int:
     started = time.perf_counter()
     sets = [lab.build_set(label.strip()) for label in args.seeds.split(",") if label.strip()]
     print(f"sets ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    if args.what == "detectors":
-        from lab_views import DETECTORS, run_keyed, with_detector
+    if args.what in ("detectors", "soft"):
+        from lab_views import DETECTORS, SOFT, run_keyed, with_detector
 
-        for name, det in DETECTORS.items():
+        variants = {n: with_detector(d) for n, d in DETECTORS.items()} if args.what == "detectors" else SOFT
+        for name, views_fn in variants.items():
             line = []
             for s in sets:
-                m = summarise(run_keyed(lab, s, with_detector(det), None))
+                m = summarise(run_keyed(lab, s, views_fn, None))
                 line.append(
                     f"{s.label}: all {m['all'][0]:.3f}/{m['all'][1]:.3f} "
                     + " ".join(f"{k[:5]} {m[k][0]:.3f}" for k in m if k != "all")

@@ -77,8 +77,8 @@ Tried in that round and not kept (within one or two queries on the tuning seeds,
 held-out photos): the whole photo as a third view with a 0.05 handicap in max fusion (R@1 +0.010 on
 seeds 0, 1, 3, held-out R@10 0.762 -> 0.667), per-view z-scored max/mean fusion, mirrored views, a
 30%-padded box, gray-world colour correction of the box or cut-out, padding views against the
-encoder's centre crop, a whole-photo view gated by how much of the frame the object covers, and
-boxes from a thresholded or opened mask.
+encoder's centre crop, a whole-photo view gated by how much of the frame the object covers, the box
+with its background faded halfway to white, and boxes from a thresholded or opened mask.
 
 Latency: auto = today's ``on`` (one u2netp pass) + one batched forward of 2 views instead of 1
 (seed-1 photos, one CLI run, 2 busy cores: total p50 466 ms vs ``on`` 420 ms and ``off`` 61 ms).
