@@ -9,11 +9,12 @@ products, kept out of that index), then
 2. pipeline table: ``auto`` / ``off`` / ``on`` run for real through ``evaluate_engine`` (R@1, R@10,
    MRR, p50 ms of the whole query), one row per pipeline x kind.
 
-Pick the default on seed 0, confirm it on seed 1 and on the held-out set (figures go in the
-query_views docstring and bench/RESULTS.md).
+Choose on seeds 0 and 1, confirm on fresh seeds (3, 4) and on the held-out set (figures go in the
+query_views docstring and bench/RESULTS.md). For failure analysis and quick what-ifs (cached masks
+and view embeddings, the item's true box) use bench/quality_lab.py.
 
     U2NET_HOME=~/.cache/visual_search_test_assets/u2net OMP_NUM_THREADS=2 \\
-    python bench/bench_quality.py --n 32 --seeds 0,1 --holdout --out bench/quality.md
+    python bench/bench_quality.py --n 32 --seeds 0,1,3,4 --holdout --out bench/quality.md
 """
 
 from __future__ import annotations

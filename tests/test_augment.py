@@ -82,3 +82,25 @@ def test_handheld_is_the_cut_out_item_on_a_new_background() -> None:
         assert 0.05 < green < 0.7 and white < 0.05  # the studio white is gone, the item is there
     with pytest.raises(ValueError, match="unknown query kind"):
         shopper_query("nope", item, random.Random(0))
+
+
+@pytest.mark.parametrize("kind", QUERY_KINDS)
+def test_info_says_where_the_item_is_and_leaves_the_photo_unchanged(kind: str) -> None:
+    # analysis metadata (bench/quality_lab.py): the item's box in the photo; asking for it must not
+    # change the photo (the query sets stay byte-identical)
+    item, other = _studio((200, 30, 30)), _studio((20, 220, 20))
+    for seed in range(3):
+        info: dict = {}
+        plain = shopper_query(kind, item, random.Random(seed), distractor=other)
+        told = shopper_query(kind, item, random.Random(seed), distractor=other, info=info)
+        assert told.tobytes() == plain.tobytes()
+        x0, y0, x1, y1 = info["item_box"]
+        assert 0 <= x0 < x1 <= told.width and 0 <= y0 < y1 <= told.height
+        px = np.asarray(told, np.int32)
+        red = (px[..., 0] > 100) & (px[..., 0] > 2 * px[..., 1]) & (px[..., 0] > 2 * px[..., 2])
+        inside = red[y0:y1, x0:x1].sum()
+        assert inside > 0.9 * red.sum()  # (nearly) all of the red item lies in its box
+        if kind == "clutter":  # the distractor's box holds the green product
+            dx0, dy0, dx1, dy1 = info["distractor_box"]
+            green = _greenish(px[..., 0], px[..., 1], px[..., 2])
+            assert green[dy0:dy1, dx0:dx1].sum() > 0.9 * green.sum()

@@ -354,6 +354,9 @@ def test_shopper_queries_are_per_kind_and_deterministic(tmp_path: Path) -> None:
         assert Path(q1.image).parent.name == q1.category
     rows = list(csv.DictReader((tmp_path / "a" / "queries.csv").open()))
     assert [r["kind"] for r in rows] == [q.category for q in first]
+    for row in rows:  # analysis metadata: where the item is, inside the 512-px photo
+        x0, y0, x1, y1 = (int(v) for v in row["item_box"].split())
+        assert 0 <= x0 < x1 <= 512 and 0 <= y0 < y1 <= 512
     assert [q.image for q in load_queries(tmp_path / "a" / "queries.csv")] == [q.image for q in first]
     with pytest.raises(VisualSearchError, match="Unknown query kind"):
         shopper_queries(csv_path, n=1, out_dir=tmp_path / "c", kinds=["blurry"])

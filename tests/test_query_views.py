@@ -53,6 +53,17 @@ def test_detect_objects_finds_two_blobs_and_orders_them_by_area_and_centrality()
     assert len(detect_objects(_mask((400, 400), (0, 0, 199, 199), (390, 390, 399, 399)))) == 1
 
 
+def test_the_object_near_the_centre_beats_a_bigger_neighbour_beside_it() -> None:
+    # clutter: the item slightly off-centre, a distractor twice its area beside it (area x
+    # centrality^2 picked the distractor; ^4 picks the item, as it did on 47 of 47 matched photos)
+    item = (262, 211, 351, 300)  # 90 px square, its centre 10% right of the middle
+    distractor = (371, 181, 511, 330)  # 2.6x the item's area, centre 36% right, cut by the frame
+    first, second = detect_objects(_mask((512, 512), item, distractor))
+    assert first.as_tuple() == pytest.approx((262, 211, 352, 301), abs=3)
+    assert second.area > 2 * first.area and first.centrality > second.centrality
+    assert second.area * second.centrality**2 > first.area * first.centrality**2  # the old rule's pick
+
+
 # ------------------------------------------------------------------------------------------ fusion
 
 

@@ -222,7 +222,8 @@ def shopper_queries(
     :func:`synthetic_queries`); ``distractors``: where clutter's second product comes from (default
     ``source``), always a product other than the query's. Products are visited in a seeded order,
     one image each, before any gets a second. Deterministic for (source, n, seed). Writes a
-    ``queries.csv`` with a ``kind`` column, reusable with ``--queries``.
+    ``queries.csv`` with a ``kind`` column, reusable with ``--queries``, and an ``item_box`` column
+    (where the item is in the photo, "x0 y0 x1 y1" pixels; for analysis, the evaluation ignores it).
     """
     from visual_search.images.load import load_image
 
@@ -258,7 +259,7 @@ def shopper_queries(
         made = _shopper_kind(kind, n, seed, by_product, pool, photo, folder)
         queries += [query for query, _ in made]
         rows += [row for _, row in made]
-    _write_query_csv(folder, rows, ["query_image", "expected", "kind", "source_image"])
+    _write_query_csv(folder, rows, ["query_image", "expected", "kind", "source_image", "item_box"])
     if not queries:
         raise VisualSearchError("None of the catalog images could be read to build shopper queries")
     return QuerySet(
@@ -307,10 +308,17 @@ def _shopper_kind(
                 other = photo(rng.choice(others))
         except ImageError:
             continue  # unreadable catalog image: the index skipped it as well
-        picture = shopper_query(kind, image, rng, distractor=other, size=SYNTHETIC_SIDE)
+        info: dict[str, Any] = {}
+        picture = shopper_query(kind, image, rng, distractor=other, size=SYNTHETIC_SIDE, info=info)
         name = f"{kind}/{len(made):04d}_{slug(pid)}.jpg"
         picture.save(folder / name, "JPEG", quality=95)
-        row = {"query_image": name, "expected": pid, "kind": kind, "source_image": item.source}
+        row = {
+            "query_image": name,
+            "expected": pid,
+            "kind": kind,
+            "source_image": item.source,
+            "item_box": " ".join(str(v) for v in info.get("item_box", ())),  # analysis only
+        }
         made.append((Query((pid,), str(folder / name), category=kind, query_id=name), row))
     return made
 

@@ -377,6 +377,25 @@ def _colour_cast(image: Image.Image, rng: random.Random) -> Image.Image:
     return _lighting(Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB"), rng)
 
 
+def _record(info: dict | None, **values: object) -> None:
+    """Analysis metadata for the caller (where the item ended up); never affects the photo."""
+    if info is not None:
+        info.update(values)
+
+
+def _alpha_box(item: Image.Image, x: int, y: int, size: int | None = None) -> tuple[int, int, int, int]:
+    """The visible pixels' box of an RGBA ``item`` pasted at (x, y), clipped to a ``size`` canvas."""
+    x0, y0, x1, y1 = item.getchannel("A").point(lambda v: 255 if v >= 128 else 0).getbbox() or (
+        0,
+        0,
+        *item.size,
+    )
+    box = (x + x0, y + y0, x + x1, y + y1)
+    if size is None:
+        return box
+    return (max(0, box[0]), max(0, box[1]), min(size, box[2]), min(size, box[3]))
+
+
 def _finish(photo: Image.Image, rng: random.Random) -> Image.Image:
     if rng.random() < 0.4:
         photo = photo.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
@@ -406,10 +425,12 @@ def _scaled(item: Image.Image, side: float, rng: random.Random, max_angle: float
     return item
 
 
-def handheld_photo(image: Image.Image, rng: random.Random, *, size: int = 512) -> Image.Image:
+def handheld_photo(
+    image: Image.Image, rng: random.Random, *, size: int = 512, info: dict | None = None
+) -> Image.Image:
     """The item cut out (studio mask; whole photo otherwise) at 45-80% of the frame, rotated up to
     25 degrees either way, held in a hand (palm behind it, thumb over its edge) over an indoor
-    surface; relit, JPEG-compressed."""
+    surface; relit, JPEG-compressed. ``info`` (analysis only) gets ``item_box``."""
     canvas = random_background((size, size), rng, rng.choice(("noise", "gradient", "noise", "stripes")))
     item = _scaled(_item_rgba(image, None), rng.uniform(0.45, 0.8) * size, rng, 25)
     if item.width > size or item.height > size:  # rotation grew it: fit again
@@ -419,6 +440,7 @@ def handheld_photo(image: Image.Image, rng: random.Random, *, size: int = 512) -
     draw = ImageDraw.Draw(canvas)
     finger_w = _draw_hand(draw, (x, y, x + item.width, y + item.height), size, skin)
     canvas.paste(item, (x, y), item)
+    _record(info, item_box=_alpha_box(item, x, y))
     thumb_x = x if rng.random() < 0.5 else x + item.width
     thumb_y = y + rng.uniform(0.45, 0.75) * item.height
     draw.ellipse(
@@ -427,9 +449,12 @@ def handheld_photo(image: Image.Image, rng: random.Random, *, size: int = 512) -
     return _finish(_lighting(canvas, rng), rng)
 
 
-def close_up_photo(image: Image.Image, rng: random.Random, *, size: int = 512) -> Image.Image:
+def close_up_photo(
+    image: Image.Image, rng: random.Random, *, size: int = 512, info: dict | None = None
+) -> Image.Image:
     """A tight, off-centre crop covering 40-70% of the item's box (the whole photo's when there is
-    no studio mask), aspect 0.8-1.25, scaled to ``size``, with a colour cast; JPEG-compressed."""
+    no studio mask), aspect 0.8-1.25, scaled to ``size``, with a colour cast; JPEG-compressed.
+    ``info`` (analysis only) gets ``item_box`` (the whole frame) and ``crop_share``."""
     rgb = image.convert("RGB")
     mask = foreground_mask(rgb)
     solid = mask.point(lambda v: 255 if v >= 128 else 0) if mask is not None else None  # not the soft halo
@@ -450,16 +475,23 @@ def close_up_photo(image: Image.Image, rng: random.Random, *, size: int = 512) -
     crop = crop.resize(
         (max(1, round(crop.width * factor)), max(1, round(crop.height * factor))), Image.Resampling.BICUBIC
     )
+    _record(info, item_box=(0, 0, *crop.size), crop_share=w * h / max(1, bw * bh))
     return _finish(_colour_cast(crop, rng), rng)
 
 
 def clutter_photo(
-    image: Image.Image, distractor: Image.Image, rng: random.Random, *, size: int = 512
+    image: Image.Image,
+    distractor: Image.Image,
+    rng: random.Random,
+    *,
+    size: int = 512,
+    info: dict | None = None,
 ) -> Image.Image:
     """The item small (25-40% of the frame) near the centre, a DIFFERENT product (``distractor``,
     70-120% of the item's size) right beside it, on a busy cluttered surface; relit, JPEG-compressed.
 
-    The item is the one nearer the centre: a shopper aims the phone at what they want.
+    The item is the one nearer the centre: a shopper aims the phone at what they want. ``info``
+    (analysis only) gets ``item_box`` and ``distractor_box``.
     """
     canvas = random_background((size, size), rng, "clutter")
     item = _scaled(_item_rgba(image, None), rng.uniform(0.25, 0.4) * size, rng, 15)
@@ -475,6 +507,7 @@ def clutter_photo(
     oy = min(max(oy, 0), max(0, size - other.height))
     canvas.paste(other, (ox, oy), other)
     canvas.paste(item, (ix, iy), item)
+    _record(info, item_box=_alpha_box(item, ix, iy), distractor_box=_alpha_box(other, ox, oy, size))
     return _finish(_lighting(canvas, rng), rng)
 
 
@@ -485,14 +518,18 @@ def shopper_query(
     *,
     distractor: Image.Image | None = None,
     size: int = 512,
+    info: dict | None = None,
 ) -> Image.Image:
-    """One query photo of ``kind`` (QUERY_KINDS); ``clutter`` needs a ``distractor`` product photo."""
+    """One query photo of ``kind`` (QUERY_KINDS); ``clutter`` needs a ``distractor`` product photo.
+
+    ``info``, when given, receives analysis metadata (where the item is: ``item_box`` as x0, y0, x1,
+    y1 in the photo's pixels, x1/y1 exclusive); it never changes the photo."""
     if kind == "handheld":
-        return handheld_photo(image, rng, size=size)
+        return handheld_photo(image, rng, size=size, info=info)
     if kind == "close_up":
-        return close_up_photo(image, rng, size=size)
+        return close_up_photo(image, rng, size=size, info=info)
     if kind == "clutter":
         if distractor is None:
             raise ValueError("the clutter kind needs a distractor product photo")
-        return clutter_photo(image, distractor, rng, size=size)
+        return clutter_photo(image, distractor, rng, size=size, info=info)
     raise ValueError(f"unknown query kind {kind!r}; use one of {', '.join(QUERY_KINDS)}")
