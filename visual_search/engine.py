@@ -578,7 +578,7 @@ class SearchEngine:
 
         ``background``: ``auto`` (default: the chosen object's cut-out and its box, one batched
         forward, best score per product), ``off`` (the whole photo) or ``on`` (the cut-out on
-        white). ``box_index`` picks the object (0 = the largest/most central; see
+        white). ``box_index`` picks the object (0 = the most central sizeable one; see
         ``response.objects``). With ``text`` the text embedding is blended into every view's vector
         with ``text_weight`` before fusion. The response carries the views searched and the
         objects found, for the preview and the chips.

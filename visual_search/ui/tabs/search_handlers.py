@@ -162,7 +162,7 @@ class SearchHandlers:
         """Search button: photo (else the image link), text, or both. Runs with preprocess=False.
 
         A photo goes through the engine's object-aware pipeline with the Background choice
-        (auto/off/on); the first (largest, most central) item is searched, the others become chips.
+        (auto/off/on); the first (most central sizeable) item is searched, the others become chips.
         """
         state = as_state(state)
         try:
