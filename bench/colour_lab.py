@@ -318,6 +318,9 @@ def main() -> int:
         for s in sets:
             base, col = cl.ranks(s, cfg)
             mb, mc = summarise(base), summarise(col)
+            fixed = sum(b > 1 and c == 1 for (_, b), (_, c) in zip(base, col, strict=True))
+            broken = sum(b == 1 and c > 1 for (_, b), (_, c) in zip(base, col, strict=True))
+            print(f"| {s.label} | R@1 fixed / broken by colour | {fixed} / {broken} | | |")
             for kind in mb:
                 print(
                     f"| {s.label} | {kind} | {mb[kind][0]:.3f} / {mb[kind][1]:.3f} | "
