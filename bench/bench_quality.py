@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from visual_search.catalog import read_catalog  # noqa: E402
+from visual_search.core.config import Settings  # noqa: E402
 from visual_search.encoders import create_encoder  # noqa: E402
 from visual_search.engine import SearchEngine  # noqa: E402
 from visual_search.evaluation import (  # noqa: E402
@@ -209,7 +210,8 @@ def main() -> int:
     for label, index_catalog, qs in sets:
         key = "full" if index_catalog is catalog else "holdout"
         store = open_store(work / f"index-{key}", None, None)
-        engine = SearchEngine(encoder, store)
+        # VS_COLOUR_WEIGHT (core.config) sets the colour re-rank of auto; 0 = off
+        engine = SearchEngine(encoder, store, colour_weight=Settings.from_env().colour_weight)
         try:
             engine.index_catalog(index_catalog, sync=True)
             n_products = len(index_catalog.products)

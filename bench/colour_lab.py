@@ -144,7 +144,7 @@ class ColourConfig:
     descriptor: str  # hsv | lab
     sim: str  # int | bc
     norm: str  # none | gw | wp (both sides)
-    catalog_mask: str  # fg | u2
+    catalog_mask: str  # fg | fgt (fg on the 128 px thumbnail) | u2
     w: float
     top_k: int = 10
 
@@ -172,6 +172,7 @@ class ColourLab:
             "query": [],
             "catalog fg": [],
             "catalog u2": [],
+            "catalog fgt": [],
             "catalog histogram": [],
         }
 
@@ -216,6 +217,10 @@ class ColourLab:
             t = time.perf_counter()
             if how == "fg":
                 m = foreground_mask(load_image(src))
+            elif how == "fgt":  # the product code's way: the mask computed on the 128 px thumbnail
+                from visual_search.images.colour import thumbnail
+
+                m = foreground_mask(thumbnail(load_image(src)))
             else:
                 m, _ = self.lab.mask_for(Path(src))  # cached u2netp mask (first run computes it)
             self.timing[f"catalog {how}"].append(time.perf_counter() - t)

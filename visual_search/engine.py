@@ -53,8 +53,16 @@ from .core.types import (
 from .encoders import Encoder, create_encoder
 from .images.background import BackgroundRemoval, BackgroundRemovalUnavailable, BackgroundRemover
 from .images.load import load_image, source_sha256
+from .query_views import (
+    COLOUR_KEY,
+    COLOUR_WEIGHT,
+    ObjectBox,
+    QueryView,
+    best_per_product,
+    search_vectors,
+    search_views,
+)
 from .query_views import MODES as BACKGROUND_MODES
-from .query_views import ObjectBox, QueryView, best_per_product, search_vectors, search_views
 from .store import VectorStore, open_store
 
 log = logging.getLogger(__name__)
@@ -227,6 +235,7 @@ class SearchEngine:
         bg_runtime: str | None = None,
         *,
         object_views: bool = False,
+        colour_weight: float | None = None,
     ) -> None:
         self.encoder = encoder
         self.store = store
@@ -239,6 +248,9 @@ class SearchEngine:
         # photos, for 2x the points and a u2netp pass per image (bench/bench_object_views.py).
         # Search needs nothing: grouping per product already keeps one result per product.
         self.object_views = object_views
+        # Weight of the colour re-rank of the auto photo query without text (query_views.COLOUR_WEIGHT
+        # has the measurements); 0 turns it off (VS_COLOUR_WEIGHT=0).
+        self.colour_weight = COLOUR_WEIGHT if colour_weight is None else float(colour_weight)
         self._index_lock = threading.Lock()
 
     def check_index_model(self) -> None:
@@ -272,7 +284,13 @@ class SearchEngine:
         except BaseException:
             store.close()  # release the data-dir lock at once, not whenever the store is collected
             raise
-        engine = cls(encoder, store, bg_model=settings.bg_model, bg_runtime=settings.runtime)
+        engine = cls(
+            encoder,
+            store,
+            bg_model=settings.bg_model,
+            bg_runtime=settings.runtime,
+            colour_weight=settings.colour_weight,
+        )
         engine.data_dir = Path(settings.data_dir)
         return engine
 
@@ -310,6 +328,10 @@ class SearchEngine:
         available and finds an object. An existing index upgrades in place: unchanged images get
         their object point without re-embedding the photo. ``sync`` drops object points when
         object views are off.
+
+        Every payload carries ``colour`` (images/colour.py: 40 floats, the product pixels' colour
+        histogram, for the colour re-rank of photo queries). An unchanged image whose stored payload
+        lacks it (an index from before) gets it by a payload-only update: decoded, no re-embedding.
         """
         started = time.perf_counter()
         if not isinstance(catalog, Catalog):
@@ -327,6 +349,7 @@ class SearchEngine:
             unchanged = 0
             with ThreadPoolExecutor(max_workers=IO_WORKERS) as pool:
                 digests = list(pool.map(_digest, (image.source for image in catalog.images)))
+            colours: dict[str, list[float]] = {}  # point id -> colour, for object points
             for image, digest in zip(catalog.images, digests, strict=True):
                 if isinstance(digest, Exception):
                     issues.append(RowIssue(image.row, image.product_id, str(digest)))
@@ -334,7 +357,11 @@ class SearchEngine:
                 stored = existing.get(image.point_id)
                 if stored is None or stored.get(IMAGE_HASH) != digest:
                     to_embed.append((image, digest))
-                elif _details(stored) != _details(payload := self._payload(products, image, digest, now)):
+                    continue
+                payload = self._payload(products, image, digest, now)
+                if _has_colour(stored):
+                    payload[COLOUR_KEY] = colours[image.point_id] = stored[COLOUR_KEY]
+                if _details(stored) != _details(payload) or COLOUR_KEY not in payload:
                     payload_only.append((image, payload))
                 else:
                     unchanged += 1
@@ -343,6 +370,14 @@ class SearchEngine:
                     if obj is None or obj.get(IMAGE_HASH) != digest:
                         objects_only.append((image, digest))
 
+            # an index from before colours: decode those images for their colour (no re-embedding)
+            lacking = [(img, p) for img, p in payload_only if COLOUR_KEY not in p]
+            if lacking:
+                with ThreadPoolExecutor(max_workers=IO_WORKERS) as pool:
+                    found = list(pool.map(_source_colour, (img.source for img, _ in lacking)))
+                for (img, payload), colour in zip(lacking, found, strict=True):
+                    if colour is not None:  # undecodable now: stored without, tried again next run
+                        payload[COLOUR_KEY] = colours[img.point_id] = colour
             if payload_only:
                 ids = [img.point_id for img, _ in payload_only]
                 objects = {object_point_id(img.product_id, img.image_index): p for img, p in payload_only}
@@ -366,24 +401,34 @@ class SearchEngine:
             total = len(to_embed)
             if progress:
                 progress(0, total)
-            for batch, loaded in _prefetched_batches(to_embed, batch_size):
+            for batch, loaded in _prefetched_batches(to_embed, batch_size, _load_with_colour):
                 good: list[tuple[CatalogImage, str, Image.Image]] = []
                 for (image, digest), result in zip(batch, loaded, strict=True):
                     if isinstance(result, Exception):
                         issues.append(RowIssue(image.row, image.product_id, str(result)))
                     else:
-                        good.append((image, digest, result))
+                        photo, colours[image.point_id] = result
+                        good.append((image, digest, photo))
                 if good:
                     vectors = self.encoder.embed_images([img for _, _, img in good], batch_size=batch_size)
                     self.store.upsert(
                         [
-                            IndexPoint(image.point_id, vec, self._payload(products, image, digest, now))
+                            IndexPoint(
+                                image.point_id,
+                                vec,
+                                {
+                                    **self._payload(products, image, digest, now),
+                                    COLOUR_KEY: colours[image.point_id],
+                                },
+                            )
                             for (image, digest, _), vec in zip(good, vectors, strict=True)
                         ]
                     )
                     embedded += len(good)
                     if self.object_views and not notes:
-                        object_count += self._index_object_views(good, products, now, batch_size, notes)
+                        object_count += self._index_object_views(
+                            good, products, now, batch_size, notes, colours
+                        )
                 done += len(batch)
                 if progress:
                     progress(done, total)
@@ -395,7 +440,7 @@ class SearchEngine:
                     if not isinstance(result, Exception)
                 ]
                 if good and not notes:
-                    object_count += self._index_object_views(good, products, now, batch_size, notes)
+                    object_count += self._index_object_views(good, products, now, batch_size, notes, colours)
 
             removed = self._sync(catalog, existing) if sync else 0
             if embedded or removed or object_count:
@@ -425,6 +470,7 @@ class SearchEngine:
         now: str,
         batch_size: int,
         notes: list[str],
+        colours: dict[str, list[float]] | None = None,
     ) -> int:
         """Upsert the object points of ``good`` (one batched forward); 0 and a note in ``notes``
         when background removal is unavailable (object views then stop for this run)."""
@@ -442,12 +488,17 @@ class SearchEngine:
         if not cutouts:
             return 0
         vectors = self.encoder.embed_images([img for _, _, img in cutouts], batch_size=batch_size)
+        colours = colours or {}
         self.store.upsert(
             [
                 IndexPoint(
                     object_point_id(image.product_id, image.image_index),
                     vec,
-                    {**self._payload(products, image, digest, now), VIEW: OBJECT_VIEW},
+                    {
+                        **self._payload(products, image, digest, now),
+                        **({COLOUR_KEY: colours[image.point_id]} if image.point_id in colours else {}),
+                        VIEW: OBJECT_VIEW,
+                    },
                 )
                 for (image, digest, _), vec in zip(cutouts, vectors, strict=True)
             ]
@@ -758,8 +809,34 @@ def _normalise(vec: np.ndarray) -> np.ndarray:
 
 
 def _details(payload: dict[str, Any]) -> dict[str, Any]:
-    """Payload minus bookkeeping, to tell whether only product details changed."""
-    return {k: v for k, v in payload.items() if k not in (INDEXED_AT,)}
+    """Payload minus bookkeeping and the colour (derived from the image), to tell whether only
+    product details changed."""
+    return {k: v for k, v in payload.items() if k not in (INDEXED_AT, COLOUR_KEY)}
+
+
+def _has_colour(payload: dict[str, Any]) -> bool:
+    from .images.colour import COLOUR_BINS
+
+    value = payload.get(COLOUR_KEY)
+    return isinstance(value, list) and len(value) == COLOUR_BINS
+
+
+def _colour_list(image: Image.Image) -> list[float]:
+    """A catalog image's colour histogram as the payload stores it (40 floats, 4 decimals)."""
+    from .images.colour import catalog_colour
+
+    return [round(float(x), 4) for x in catalog_colour(image)]
+
+
+def _source_colour(source: str) -> list[float] | None:
+    result = _load(source)
+    return None if isinstance(result, Exception) else _colour_list(result)
+
+
+def _load_with_colour(source: str) -> tuple[Image.Image, list[float]] | Exception:
+    """Decode and compute the colour on the prefetch worker, beside the next batch's embedding."""
+    result = _load(source)
+    return result if isinstance(result, Exception) else (result, _colour_list(result))
 
 
 def _digest(source: str) -> str | Exception:
@@ -777,8 +854,8 @@ def _load(source: str) -> Image.Image | Exception:
 
 
 def _prefetched_batches(
-    items: list[tuple[CatalogImage, str]], batch_size: int
-) -> Iterable[tuple[list[tuple[CatalogImage, str]], list[Image.Image | Exception]]]:
+    items: list[tuple[CatalogImage, str]], batch_size: int, load: Callable[[str], Any] | None = None
+) -> Iterable[tuple[list[tuple[CatalogImage, str]], list[Any]]]:
     """Decode the next batch on worker threads while the current one is embedded."""
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     if not batches:
@@ -786,7 +863,7 @@ def _prefetched_batches(
     with ThreadPoolExecutor(max_workers=IO_WORKERS) as pool:
 
         def submit(batch: list[tuple[CatalogImage, str]]) -> list[Future]:
-            return [pool.submit(_load, image.source) for image, _ in batch]
+            return [pool.submit(load or _load, image.source) for image, _ in batch]
 
         pending = submit(batches[0])
         for i, batch in enumerate(batches):

@@ -29,6 +29,8 @@ class Settings:
     runtime: str = "auto"  # torch | onnx | onnx-int8 | auto (visual_search.device.pick_runtime)
     remote: RemoteOptions = RemoteOptions()  # cluster layout and uploads (remote backend only)
     indexing_threads: int = 0  # HNSW build threads of the embedded index; 0 = all cores
+    # Weight of the colour re-rank of the auto photo query (query_views.COLOUR_WEIGHT); 0 = off.
+    colour_weight: float | None = None  # None: the measured default
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -45,6 +47,7 @@ class Settings:
             runtime=runtime_from_env() or "auto",
             remote=RemoteOptions.from_env(env),
             indexing_threads=_indexing_threads(env.get("VS_INDEXING_THREADS")),
+            colour_weight=_colour_weight(env.get("VS_COLOUR_WEIGHT")),
         )
 
     @classmethod
@@ -64,6 +67,7 @@ class Settings:
             indexing_threads=base.indexing_threads
             if getattr(args, "indexing_threads", None) is None
             else args.indexing_threads,
+            colour_weight=base.colour_weight,
         )
 
 
@@ -87,6 +91,22 @@ def _indexing_threads(value: str | None) -> int:
         warnings.warn(f"VS_INDEXING_THREADS={value!r} is not 0 or more; using 0 (all cores)", stacklevel=2)
         return 0
     return threads
+
+
+def _colour_weight(value: str | None) -> float | None:
+    """VS_COLOUR_WEIGHT (0 turns the colour re-rank off); unset or unreadable gives None (the default)."""
+    if not value or not value.strip():
+        return None
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = -1.0
+    if not 0.0 <= weight <= 10.0:  # also refuses nan and inf
+        warnings.warn(
+            f"VS_COLOUR_WEIGHT={value!r} is not a number from 0 to 10; using the default", stacklevel=2
+        )
+        return None
+    return weight
 
 
 def _log_days(value: str | None) -> int:
