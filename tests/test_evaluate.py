@@ -381,3 +381,23 @@ def test_evaluate_pipeline_gives_one_row_per_pipeline_and_kind(tmp_path: Path, m
     assert [r["pipeline"] for r in reports] == ["auto", "off", "on"]
     assert main([*args[:-4], "--pipeline", "sometimes"]) == 2
     assert "Unknown pipeline" in capsys.readouterr().err
+
+
+def test_cli_evaluate_passes_the_colour_weight_setting_to_its_engine(tmp_path: Path, monkeypatch) -> None:
+    """VS_COLOUR_WEIGHT=0 is how auto is measured without the colour re-rank: evaluate's own engine must get it."""
+    import visual_search.cli.evaluate as cli_evaluate
+
+    seen: list[float] = []
+
+    class Recording(SearchEngine):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            seen.append(self.colour_weight)
+
+    monkeypatch.setattr(cli_evaluate, "SearchEngine", Recording)
+    monkeypatch.setenv("VS_COLOUR_WEIGHT", "0")
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no-rembg-model"))
+    code = main(["evaluate", "--catalog", str(SAMPLE), "--model", "test:tiny", "--device", "cpu",
+                 "--data-dir", str(tmp_path / "data"), "--no-progress", "--synthetic", "2"])  # fmt: skip
+    assert code == 0
+    assert seen == [0.0]

@@ -276,7 +276,12 @@ def _evaluate_model(
     (background removal, pipeline) run."""
     encoder = create_encoder(spec, device=settings.device, runtime=settings.runtime)
     index_dir = _index_dir(root, encoder.model_id, plan.catalog.path, plan.holdout_seed)
-    engine = SearchEngine(encoder, open_store(index_dir, None, None), bg_model=settings.bg_model)
+    engine = SearchEngine(
+        encoder,
+        open_store(index_dir, None, None),
+        bg_model=settings.bg_model,
+        colour_weight=settings.colour_weight,  # VS_COLOUR_WEIGHT=0 measures auto without the colour re-rank
+    )
     reports: list[EvalReport] = []
     try:
         index_report = engine.index_catalog(plan.index_catalog, sync=True, batch_size=args.batch_size)
