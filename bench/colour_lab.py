@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from quality_lab import Lab, LabSet, summarise  # noqa: E402
 
 from visual_search import query_views as qv  # noqa: E402
+from visual_search.images.colour import _hsv  # noqa: E402  (the product's own HSV conversion)
 from visual_search.images.load import load_image  # noqa: E402
 from visual_search.training.augment import foreground_mask  # noqa: E402
 
@@ -66,18 +67,6 @@ def normalise(rgb: np.ndarray, how: str) -> np.ndarray:
     else:
         raise ValueError(how)
     return (rgb * gains).clip(0, 255)
-
-
-def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hue in [0, 1), saturation and value in [0, 1] of N x 3 float RGB 0-255."""
-    x = rgb / 255.0
-    mx, mn = x.max(axis=1), x.min(axis=1)
-    delta = mx - mn
-    s = np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0.0)
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
-    d = np.maximum(delta, 1e-6)
-    h = np.where(mx == r, ((g - b) / d) % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) / 6.0
-    return h % 1.0, s, mx
 
 
 def hist_hsv(px: np.ndarray, h_bins: int = 12, s_bins: int = 3, grey_bins: int = 4) -> np.ndarray:

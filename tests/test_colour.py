@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from counting import CountingEncoder
 from PIL import Image, ImageDraw
 
 from visual_search.core.config import Settings
@@ -220,21 +221,6 @@ def _catalog(folder: Path) -> Path:
     with (folder / "catalog.csv").open("w", newline="") as f:
         csv.writer(f).writerows([["product_id", "image", "title", "category"], *rows])
     return folder / "catalog.csv"
-
-
-class CountingEncoder:
-    """The tiny encoder, counting the images it embeds (to prove a backfill re-embeds nothing)."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.images = inner, 0
-        self.model_id, self.dim, self.supports_text, self.device = inner.model_id, inner.dim, True, "cpu"
-
-    def embed_images(self, images, batch_size: int = 32):
-        self.images += len(images)
-        return self.inner.embed_images(images, batch_size=batch_size)
-
-    def embed_texts(self, texts):
-        return self.inner.embed_texts(texts)
 
 
 def test_index_stores_colours_and_backfills_an_older_index_without_re_embedding(tmp_path, tiny_encoder):
