@@ -31,6 +31,25 @@ DEFAULT_TAGS = {
 TINY_SEED = 0  # test:tiny's random weights: the same in every process
 
 
+def file_model_id(name: str, path: Path) -> str:
+    """Id of a model whose weights come from a local file: ``NAME@file:...#sha256:...`` (the
+    builders and ``model_identity`` both use it, so the two cannot drift)."""
+    return f"{name}@{file_id(path)}"
+
+
+def tiny_model_id(path: Path | None = None) -> str:
+    """``test:tiny``: random weights from TINY_SEED, or a tiny checkpoint file."""
+    return f"test:tiny@random-seed{TINY_SEED}" if path is None else file_model_id("test:tiny", path)
+
+
+def local_dir_model_id(folder: Path, checkpoint: Path) -> str:
+    return file_model_id(f"local-dir:{folder.resolve().name}", checkpoint)
+
+
+def hf_hub_model_id(repo: str) -> str:
+    return f"hf-hub:{repo}"
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     model_id: str
@@ -61,13 +80,13 @@ def _test(spec: str, rest: str, index_model_id: str | None) -> ModelIdentity | N
     if name != "tiny":
         return None  # the builder's error message
     if weights is None:
-        return ModelIdentity(f"test:tiny@random-seed{TINY_SEED}", True)
-    return ModelIdentity(f"test:tiny@{file_id(existing_file(spec, weights))}", True)
+        return ModelIdentity(tiny_model_id(), True)
+    return ModelIdentity(tiny_model_id(existing_file(spec, weights)), True)
 
 
 def _hf_hub(spec: str, rest: str, index_model_id: str | None) -> ModelIdentity | None:
     repo = rest.strip().strip("/")
-    return ModelIdentity(f"hf-hub:{repo}", True) if repo else None
+    return ModelIdentity(hf_hub_model_id(repo), True) if repo else None
 
 
 def _local_dir(spec: str, rest: str, index_model_id: str | None) -> ModelIdentity | None:
@@ -79,14 +98,14 @@ def _local_dir(spec: str, rest: str, index_model_id: str | None) -> ModelIdentit
     checkpoint = _find_checkpoint_in_dir(folder)
     if checkpoint is None:
         return None
-    return ModelIdentity(f"local-dir:{folder.resolve().name}@{file_id(Path(checkpoint))}", True)
+    return ModelIdentity(local_dir_model_id(folder, Path(checkpoint)), True)
 
 
 def _timm(spec: str, rest: str, index_model_id: str | None) -> ModelIdentity | None:
     name, weights = split_weights(rest)
     if weights is None or not looks_like_path(weights):
         return None  # a pretrained tag: timm resolves it while creating the model
-    model_id = f"timm:{name}@{file_id(existing_file(spec, weights))}"
+    model_id = file_model_id(f"timm:{name}", existing_file(spec, weights))
     if model_id != index_model_id:
         import timm
 
@@ -99,7 +118,7 @@ def _open_clip(spec: str, index_model_id: str | None) -> ModelIdentity | None:
     name, weights = split_weights(spec)
     path = weights is not None and looks_like_path(weights)
     if path:
-        candidate: str | None = f"{name}@{file_id(existing_file(spec, weights))}"
+        candidate: str | None = file_model_id(name, existing_file(spec, weights))
     elif weights is None:
         candidate = f"{name}@{DEFAULT_TAGS[name]}" if name in DEFAULT_TAGS else None
     else:

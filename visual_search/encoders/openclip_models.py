@@ -17,11 +17,17 @@ import torch
 
 from visual_search.core.errors import ModelUnavailableError
 from visual_search.encoders.base import Encoder
-from visual_search.encoders.identity import DEFAULT_TAGS, TINY_SEED  # torch-free: `info` reads them too
+from visual_search.encoders.identity import (  # torch-free: `info` computes the same ids
+    DEFAULT_TAGS,
+    TINY_SEED,
+    file_model_id,
+    hf_hub_model_id,
+    local_dir_model_id,
+    tiny_model_id,
+)
 from visual_search.encoders.weights import (
     Source,
     existing_file,
-    file_id,
     hf_source,
     load_local,
     looks_like_path,
@@ -117,7 +123,7 @@ def build_open_clip(spec: str, rest: str, device: str, cache_dir: str | None) ->
     if weights is not None and looks_like_path(weights):
         path = existing_file(spec, weights)
         return load_local(
-            spec, path, lambda: _open_clip_encoder(name, str(path), spec, f"{name}@{file_id(path)}", device)
+            spec, path, lambda: _open_clip_encoder(name, str(path), spec, file_model_id(name, path), device)
         )
 
     tags = open_clip.list_pretrained_tags_by_model(name)
@@ -154,7 +160,7 @@ def build_hf_hub(spec: str, rest: str, device: str, cache_dir: str | None) -> En
         "internet access and pass --model local-dir:/path/to/that/folder."
     )
     with remote_weights(spec, f"hf-hub:{repo}", hf_source(repo, files, cache_dir), hint):
-        return _open_clip_encoder(f"hf-hub:{repo}", None, spec, f"hf-hub:{repo}", device, cache_dir)
+        return _open_clip_encoder(f"hf-hub:{repo}", None, spec, hf_hub_model_id(repo), device, cache_dir)
 
 
 def build_local_dir(spec: str, rest: str, device: str, cache_dir: str | None = None) -> Encoder:
@@ -175,7 +181,7 @@ def build_local_dir(spec: str, rest: str, device: str, cache_dir: str | None = N
             f"No weights file (open_clip_model.safetensors, open_clip_pytorch_model.bin, ...) in {folder}."
         )
     path = Path(checkpoint)
-    model_id = f"local-dir:{folder.resolve().name}@{file_id(path)}"
+    model_id = local_dir_model_id(folder, path)
     return load_local(
         spec, path, lambda: _open_clip_encoder(f"local-dir:{folder}", None, spec, model_id, device)
     )
@@ -220,7 +226,7 @@ def build_test(spec: str, rest: str, device: str, cache_dir: str | None) -> Enco
         return load_local(
             spec,
             path,
-            lambda: _open_clip_encoder(TINY_ARCH, str(path), spec, f"test:tiny@{file_id(path)}", device),
+            lambda: _open_clip_encoder(TINY_ARCH, str(path), spec, tiny_model_id(path), device),
         )
     # Same seed -> identical weights in every process (index in one, search in another). fork_rng
     # restores the global CPU RNG afterwards; the model is built on the CPU, then moved.
@@ -229,7 +235,7 @@ def build_test(spec: str, rest: str, device: str, cache_dir: str | None) -> Enco
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_SEED)
-            encoder = _open_clip_encoder(TINY_ARCH, None, spec, f"test:tiny@random-seed{TINY_SEED}", "cpu")
+            encoder = _open_clip_encoder(TINY_ARCH, None, spec, tiny_model_id(), "cpu")
     finally:
         logging.getLogger().removeFilter(quiet)
     if device != "cpu":

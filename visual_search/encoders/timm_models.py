@@ -13,10 +13,10 @@ import torch
 
 from visual_search.core.errors import ModelUnavailableError
 from visual_search.encoders.base import Encoder
+from visual_search.encoders.identity import file_model_id
 from visual_search.encoders.weights import (
     Source,
     existing_file,
-    file_id,
     hf_source,
     load_local,
     looks_like_path,
@@ -69,7 +69,9 @@ def build_timm(spec: str, rest: str, device: str, cache_dir: str | None) -> Enco
         def load() -> TimmEncoder:
             model = timm.create_model(name, pretrained=False, num_classes=0)
             _load_timm_weights(model, _read_state_dict(path))
-            return TimmEncoder(model, model_id=f"timm:{name}@{file_id(path)}", spec=display, device=device)
+            return TimmEncoder(
+                model, model_id=file_model_id(f"timm:{name}", path), spec=display, device=device
+            )
 
         return load_local(spec, path, load)
 
