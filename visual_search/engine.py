@@ -815,10 +815,9 @@ def _details(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _has_colour(payload: dict[str, Any]) -> bool:
-    from .images.colour import COLOUR_BINS
+    from .images.colour import stored_colour
 
-    value = payload.get(COLOUR_KEY)
-    return isinstance(value, list) and len(value) == COLOUR_BINS
+    return stored_colour(payload.get(COLOUR_KEY)) is not None
 
 
 def _colour_list(image: Image.Image) -> list[float]:

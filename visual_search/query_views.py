@@ -677,29 +677,17 @@ def query_colour(prepared: PreparedViews) -> np.ndarray:
     return colour_histogram(prepared.photo, keep)
 
 
-def _stored_colour(payload: Mapping[str, Any]) -> np.ndarray | None:
-    """A payload's colour histogram, or None when it has none (older index) or a malformed one."""
-    from .images.colour import COLOUR_BINS
-
-    value = payload.get(COLOUR_KEY)
-    if not isinstance(value, (list, tuple)) or len(value) != COLOUR_BINS:
-        return None
-    try:
-        arr = np.asarray(value, np.float32)
-    except (TypeError, ValueError):
-        return None
-    return arr if bool(np.isfinite(arr).all()) else None
-
-
 def _product_colours(
     per_view: Sequence[Mapping[str, Hit]], product_ids: Sequence[str]
 ) -> dict[str, list[np.ndarray]]:
     """Every stored colour among the hits at hand of ``product_ids`` (products with none left out)."""
+    from .images.colour import stored_colour
+
     wanted = set(product_ids)
     out: dict[str, list[np.ndarray]] = {}
     for hits in per_view:
         for pid, hit in hits.items():
-            if pid in wanted and (colour := _stored_colour(hit.payload)) is not None:
+            if pid in wanted and (colour := stored_colour(hit.payload.get(COLOUR_KEY))) is not None:
                 out.setdefault(pid, []).append(colour)
     return out
 

@@ -28,6 +28,7 @@ __all__ = [
     "catalog_colour",
     "colour_histogram",
     "hsv_histogram",
+    "stored_colour",
     "thumbnail",
     "white_patch",
 ]
@@ -108,3 +109,16 @@ def bhattacharyya(a: np.ndarray, b: np.ndarray) -> float:
     if x.shape != y.shape:
         return 0.0
     return float(np.sqrt(x * y).sum())
+
+
+def stored_colour(value: object) -> np.ndarray | None:
+    """A histogram as a payload stores it (a list of COLOUR_BINS finite floats), or None when it is
+    missing (an index from before colours) or malformed. The index backfills what this rejects; the
+    re-rank gives such a product no bonus."""
+    if not isinstance(value, (list, tuple)) or len(value) != COLOUR_BINS:
+        return None
+    try:
+        arr = np.asarray(value, np.float32)
+    except (TypeError, ValueError):
+        return None
+    return arr if bool(np.isfinite(arr).all()) else None
