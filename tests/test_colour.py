@@ -57,6 +57,17 @@ def test_histogram_is_normalised_and_separates_hues_and_greys() -> None:
     assert bhattacharyya(red, colour_histogram(_disc((200, 40, 40), GREY))) > 0
 
 
+def test_hue_votes_are_split_around_the_circle() -> None:
+    """Two reds a few degrees either side of hue 0 share bins (a hard bin edge sat on pure red), and
+    a hue between two bin centres splits its vote between them."""
+    just_below, just_above = (230, 20, 45), (230, 45, 20)  # hue ~353 and ~7 degrees
+    assert bhattacharyya(_pure(just_below), _pure(just_above)) > 0.6
+    orange = _pure((230, 125, 20))  # hue 30 degrees: exactly between the centres at 15 and 45
+    chromatic = orange[:36].reshape(12, 3).sum(axis=1)
+    assert chromatic[0] == pytest.approx(0.5, abs=0.02) and chromatic[1] == pytest.approx(0.5, abs=0.02)
+    assert bhattacharyya(_pure(RED), _pure(BLUE)) == pytest.approx(0.0)
+
+
 def test_mask_limits_the_pixels_and_a_tiny_mask_falls_back_to_the_whole_image() -> None:
     photo = _disc(RED)  # on white
     mask = Image.new("L", photo.size, 0)
@@ -223,7 +234,10 @@ def _catalog(folder: Path) -> Path:
     return folder / "catalog.csv"
 
 
-def test_index_stores_colours_and_backfills_an_older_index_without_re_embedding(tmp_path, tiny_encoder):
+@pytest.mark.parametrize("older", ["no colour", "older descriptor"])
+def test_index_stores_colours_and_backfills_an_older_index_without_re_embedding(
+    tmp_path, tiny_encoder, older
+):
     catalog = _catalog(tmp_path)
     engine = SearchEngine(CountingEncoder(tiny_encoder), open_store(tmp_path / "index", None, None))  # type: ignore[arg-type]
     assert engine.index_catalog(catalog).embedded == 3
@@ -236,11 +250,15 @@ def test_index_stores_colours_and_backfills_an_older_index_without_re_embedding(
     again = engine.index_catalog(catalog)
     assert (again.embedded, again.payload_updated, again.unchanged) == (0, 0, 3)
 
-    # an index from before colours: the payloads lack them
+    # an index from before colours (the payloads lack them), or from the hard-hue-bin descriptor
+    # (stored under the key ``colour``: same length, so only the key tells them apart)
     vectors = engine.store.get_vectors([h.id for h in points.values()])
+    legacy = {"colour": [0.0] * (COLOUR_BINS - 1) + [1.0]} if older == "older descriptor" else {}
     engine.store.upsert(
         [
-            IndexPoint(h.id, vectors[h.id], {k: v for k, v in h.payload.items() if k != COLOUR_KEY})
+            IndexPoint(
+                h.id, vectors[h.id], {**{k: v for k, v in h.payload.items() if k != COLOUR_KEY}, **legacy}
+            )
             for h in points.values()
         ]
     )
@@ -251,6 +269,7 @@ def test_index_stores_colours_and_backfills_an_older_index_without_re_embedding(
     assert engine.encoder.images == before  # decoded for the colour, never re-embedded
     after = {h.payload["product_id"]: h.payload[COLOUR_KEY] for h in engine.store.scroll()}
     assert after == {pid: h.payload[COLOUR_KEY] for pid, h in points.items()}
+    assert not any("colour" in h.payload for h in engine.store.scroll())  # the old key is gone
     third = engine.index_catalog(catalog)
     assert (third.embedded, third.payload_updated, third.unchanged) == (0, 0, 3)
 
