@@ -332,15 +332,10 @@ FEATURE_GRID = [
 ]
 
 
-def rerank_grid(ms: list[int]) -> list[RerankConfig]:
+def rerank_grid(ms: list[int], gs: list[float], caps: list[int]) -> list[RerankConfig]:
     out = []
     for m in ms:
-        out += [
-            RerankConfig(m, "lin", g, cap, floor)
-            for g in (0.05, 0.1, 0.2, 0.5)
-            for cap in (20, 40, 80)
-            for floor in (0, 6, 12)
-        ]
+        out += [RerankConfig(m, "lin", g, cap, floor) for g in gs for cap in caps for floor in (0, 6, 12)]
         out += [RerankConfig(m, "first", t=t) for t in (8, 12, 20, 30, 50)]
     return out
 
@@ -358,6 +353,8 @@ def main() -> int:
     ap.add_argument("--features", default="", help='grid: ";"-separated subset; report: the one config')
     ap.add_argument("--rerank", default="m=10 lin g=0.20 cap=40 floor=6", help="report: the re-rank config")
     ap.add_argument("--ms", default="5,10", help="grid: top-M values")
+    ap.add_argument("--gs", default="0.05,0.1,0.2,0.5", help="grid: lin weights g")
+    ap.add_argument("--caps", default="20,40,80", help="grid: lin caps")
     args = ap.parse_args()
     cv2.setNumThreads(1)
     if args.model is None:
@@ -384,7 +381,9 @@ def main() -> int:
                     f"p90 {np.percentile(o, 90):.0f} | exp > others {np.mean(e > o):.2f}",
                     flush=True,
                 )
-            for rc in rerank_grid(ms):
+            for rc in rerank_grid(
+                ms, [float(g) for g in args.gs.split(",")], [int(c) for c in args.caps.split(",")]
+            ):
                 per = []
                 for s in sets:
                     b, a, _ = gl.ranks(s, fc, rc)
