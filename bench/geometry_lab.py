@@ -10,7 +10,9 @@ object (the box auto picks, cropped; optionally only keypoints on its u2netp mas
 product's catalog images (whole image), counts the RANSAC-verified inliers (homography or partial
 affine, reprojection threshold 5 px at the working resolution, Lowe ratio test) and re-ranks the top
 M by ``score + g * f(inliers)``, a product's inliers being its best image's. Lab only: it reuses
-bench/quality_lab.py's caches (embeddings, query u2netp masks in /tmp/vs-lab).
+bench/quality_lab.py's caches (embeddings, query u2netp masks in /tmp/vs-lab). Needs OpenCV
+(``pip install opencv-python-headless``), which is NOT a project dependency: the experiment said
+no (below), so nothing in the product uses it.
 
     U2NET_HOME=~/.cache/visual_search_test_assets/u2net OMP_NUM_THREADS=1 \\
     python bench/geometry_lab.py grid --seeds 0,1                      # choose on seeds 0,1 ONLY
