@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from visual_search import engine as engine_module  # noqa: E402
+from visual_search import indexing as indexing_module  # noqa: E402
 from visual_search.catalog import read_catalog  # noqa: E402
 from visual_search.encoders import create_encoder  # noqa: E402
 from visual_search.engine import SearchEngine  # noqa: E402
@@ -108,8 +108,8 @@ class PhaseTimer:
 @contextlib.contextmanager
 def instrumented(engine: SearchEngine, timer: PhaseTimer) -> Iterator[None]:
     patches = [
-        (engine_module, "source_sha256", "hash (sha256 of each file)"),
-        (engine_module, "_load", "decode + sanitize (prefetch threads)"),
+        (indexing_module, "source_sha256", "hash (sha256 of each file)"),
+        (indexing_module, "_load", "decode + sanitize (prefetch threads)"),
         (engine.encoder, "embed_images", "embed (preprocess + model)"),
         (engine.encoder, "_preprocess_batch", "  of which preprocess"),
         (engine.store, "upsert", "upsert"),

@@ -321,7 +321,7 @@ def _object_engine(tmp_path: Path, tiny_encoder, object_views: bool) -> SearchEn
 
 
 def test_object_views_add_a_cutout_point_per_image_and_results_stay_one_per_product(tmp_path, tiny_encoder):
-    from visual_search.engine import object_point_id
+    from visual_search.indexing import object_point_id
 
     catalog = _catalog(tmp_path)
     engine = _object_engine(tmp_path, tiny_encoder, object_views=True)

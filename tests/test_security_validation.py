@@ -21,8 +21,9 @@ from PIL import Image
 from visual_search.catalog import read_catalog
 from visual_search.cli import main as cli
 from visual_search.core.errors import InvalidQueryError, VisualSearchError
+from visual_search.core.query_options import MAX_TOP_K, check_query_options
 from visual_search.core.types import SearchFilters
-from visual_search.engine import MAX_TOP_K, SearchEngine, check_query_options
+from visual_search.engine import SearchEngine
 from visual_search.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +116,19 @@ def test_query_options_accept_and_normalise_good_values():
     assert check_query_options(3, max_top_k=48).top_k == 3
     with pytest.raises(InvalidQueryError, match="between 1 and 48, got 49"):
         check_query_options(49, max_top_k=48)
+
+
+def test_query_options_accept_exactly_the_photo_pipelines_modes():
+    """core cannot import query_views, so the background modes are spelled in both; a mode one knows
+    and the other does not would pass validation and then fail in the pipeline (or the reverse)."""
+    from visual_search.core.query_options import BACKGROUND_MODES, DEFAULT_BACKGROUND
+    from visual_search.query_views import MODES
+
+    assert BACKGROUND_MODES == MODES and DEFAULT_BACKGROUND in MODES
+    for mode in MODES:
+        assert check_query_options(background=f" {mode.upper()} ").background == mode
+    with pytest.raises(InvalidQueryError, match="background must be one of auto, off, on, not 'blur'"):
+        check_query_options(background="blur")
 
 
 # ---------------------------------------------------------------------------------------------

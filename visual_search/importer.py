@@ -27,7 +27,8 @@ from .catalog import read_catalog
 from .core.errors import CatalogError
 
 if TYPE_CHECKING:
-    from .engine import IndexReport, SearchEngine
+    from .engine import SearchEngine
+    from .indexing import IndexReport
 
 log = logging.getLogger(__name__)
 

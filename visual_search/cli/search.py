@@ -14,8 +14,9 @@ from typing import Any
 
 from visual_search.core.config import Settings, add_settings_arguments
 from visual_search.core.errors import VisualSearchError
+from visual_search.core.query_options import DEFAULT_BACKGROUND, check_query_options
 from visual_search.core.types import SearchFilters
-from visual_search.engine import DEFAULT_BACKGROUND, SearchEngine, SearchResponse, check_query_options
+from visual_search.engine import SearchEngine, SearchResponse
 from visual_search.images.load import load_image
 from visual_search.query_views import MODES
 

@@ -21,7 +21,8 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from ..engine import SearchResponse, check_query_options
+from ..core.query_options import check_query_options
+from ..engine import SearchResponse
 from ..images.load import load_image
 from .common import (
     API_MAX_TOP_K,
