@@ -119,12 +119,11 @@ def test_query_options_accept_and_normalise_good_values():
 
 
 def test_query_options_accept_exactly_the_photo_pipelines_modes():
-    """core cannot import query_views, so the background modes are spelled in both; a mode one knows
-    and the other does not would pass validation and then fail in the pipeline (or the reverse)."""
-    from visual_search.core.query_options import BACKGROUND_MODES, DEFAULT_BACKGROUND
+    """Validation normalises every mode the pipeline runs and refuses any other by name."""
+    from visual_search.core.query_options import DEFAULT_BACKGROUND
     from visual_search.query_views import MODES
 
-    assert BACKGROUND_MODES == MODES and DEFAULT_BACKGROUND in MODES
+    assert DEFAULT_BACKGROUND in MODES
     for mode in MODES:
         assert check_query_options(background=f" {mode.upper()} ").background == mode
     with pytest.raises(InvalidQueryError, match="background must be one of auto, off, on, not 'blur'"):

@@ -113,6 +113,7 @@ import numpy as np
 from PIL import Image
 
 from .core.errors import VisualSearchError
+from .core.query_options import BACKGROUND_MODES
 from .core.types import PRODUCT_ID, Hit, ProductResult, SearchFilters
 
 __all__ = [
@@ -143,7 +144,7 @@ __all__ = [
     "search_views",
 ]
 
-MODES = ("auto", "off", "on")
+MODES = BACKGROUND_MODES  # one definition, in core (validation checks a mode before the pipeline runs)
 VIEW_NAMES = ("photo", "cutout", "box", "centre")
 # What the preview calls each view (shoppers never see the internal names).
 VIEW_LABELS = {"photo": "whole photo", "cutout": "cut-out", "box": "object box", "centre": "centre"}
