@@ -3,6 +3,7 @@ the index, the engine's default with and without a calibration, and ``evaluate -
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -19,11 +20,14 @@ from visual_search.evaluation.calibration import (
     CalibrationError,
     builtin_threshold,
     calibrate,
+    calibrate_colour_weight,
     calibrate_report,
     default_threshold,
     load_calibration,
+    replay_colour,
     save_calibration,
 )
+from visual_search.query_views import COLOUR_WEIGHT
 
 
 def _lists(right: list[float], wrong: list[float]) -> tuple[list[float], list[bool]]:
@@ -156,5 +160,85 @@ def test_evaluate_calibrate_stores_what_the_engine_then_uses(tmp_path: Path, tin
     engine = SearchEngine.from_settings(Settings(model="test:tiny", data_dir=fresh, device="cpu"))
     try:
         assert engine.default_threshold() == 0.0 and engine.threshold_calibration() is None
+    finally:
+        engine.close()
+
+
+# ----------------------------------------------------------------------------------- colour weight
+
+
+def _windowed(rows: list[tuple[list[tuple[str, float, float | None]], str]]) -> EvalReport:
+    """An auto-pipeline report whose queries carry colour windows (what the re-rank saw)."""
+    report = _report("m", "auto", [(w[0][1], w[0][0] == expected) for w, expected in rows])
+    report.queries = [
+        dataclasses.replace(q, expected=(expected,), colour_window=tuple(window))
+        for q, (window, expected) in zip(report.queries, rows, strict=True)
+    ]
+    return report
+
+
+def test_colour_weight_is_chosen_by_replaying_the_re_rank() -> None:
+    """Colour helps where the right product is a near miss of the right colour (needs w > 0.025)
+    and misleads where a wrong product of the query's colour sits 0.10 lower (flips at w > 0.143):
+    0.05 and 0.10 both get every query right, and the tie goes to the smaller weight."""
+    helped = ([("a", 0.80, 0.1), ("b", 0.78, 0.9), ("c", 0.50, None)], "b")
+    misled = ([("x", 0.80, 0.2), ("y", 0.70, 0.9)], "x")
+    rows = [helped] * 6 + [misled] * 6
+    choice = calibrate_colour_weight([(w, (e,)) for w, e in rows])
+    assert choice.weight == 0.05 and choice.r1_off == 0.5 and choice.r1 == 1.0 and choice.n_queries == 12
+    assert [p for p, _ in replay_colour(helped[0], 0.05)] == ["b", "a", "c"]
+    assert [p for p, _ in replay_colour(misled[0], 0.3)] == ["y", "x"]  # too strong: the wrong colour wins
+    # only misleading colour: the weight is 0 (off)
+    assert calibrate_colour_weight([(w, (e,)) for w, e in [misled] * 10]).weight == 0.0
+
+
+def test_threshold_follows_the_first_results_at_the_chosen_weight() -> None:
+    helped = ([("a", 0.80, 0.1), ("b", 0.60, 0.9)], "b")  # needs w > 0.25: right first score 0.60
+    hopeless = ([("z", 0.40, 0.5), ("q", 0.30, 0.5)], "nowhere")  # wrong at any weight, score 0.40
+    cal = calibrate_report(_windowed([helped] * 6 + [hopeless] * 6))
+    assert cal.colour_weight == 0.3 and cal.n_correct == 6 and cal.colour_queries == 12
+    assert (cal.colour_r1_off, cal.colour_r1) == (0.0, 0.5)
+    assert cal.threshold == pytest.approx(0.5)  # between 0.40 (wrong) and 0.60 (right at w = 0.3)
+
+
+def test_too_few_windows_leave_the_colour_weight_uncalibrated() -> None:
+    rows = [(0.9, True), (0.8, True), (0.75, True), (0.7, True), (0.66, True)]
+    rows += [(0.6, False), (0.5, False), (0.4, False), (0.62, False), (0.3, False)]
+    cal = calibrate_report(_report("m", "off", rows))  # no windows: modes off/on, engine.search
+    assert cal.colour_weight is None and "colour" not in cal.summary()
+    with pytest.raises(CalibrationError, match="at least 10"):
+        calibrate_colour_weight([([("a", 0.8, 0.5)], ("a",))] * 9)
+
+
+def test_engine_uses_the_calibrated_colour_weight_unless_the_operator_set_one(
+    tmp_path: Path, tiny_encoder
+) -> None:
+    helped = ([("a", 0.80, 0.1), ("b", 0.60, 0.9)], "b")
+    hopeless = ([("z", 0.40, 0.5), ("q", 0.30, 0.5)], "nowhere")
+    report = _windowed([helped] * 6 + [hopeless] * 6)
+    report.model_id = tiny_encoder.model_id
+    text = calibrate_reports([report], tmp_path)
+    assert "0.30 (R@1 0.000 -> 0.500, 12 queries)" in text
+    engine = SearchEngine.from_settings(Settings(model="test:tiny", data_dir=tmp_path, device="cpu"))
+    try:
+        assert engine.colour_weight == 0.3
+    finally:
+        engine.close()
+    explicit = SearchEngine.from_settings(
+        Settings(model="test:tiny", data_dir=tmp_path, device="cpu", colour_weight=0.0)
+    )
+    try:
+        assert explicit.colour_weight == 0.0  # VS_COLOUR_WEIGHT wins over the calibration
+    finally:
+        explicit.close()
+    # a hand-edited weight out of range is ignored (the threshold still loads)
+    path = tmp_path / CALIBRATION_FILE
+    data = json.loads(path.read_text())
+    data["models"][tiny_encoder.model_id]["colour_weight"] = 7.0
+    path.write_text(json.dumps(data))
+    assert load_calibration(tmp_path, tiny_encoder.model_id).colour_weight is None
+    engine = SearchEngine.from_settings(Settings(model="test:tiny", data_dir=tmp_path, device="cpu"))
+    try:
+        assert engine.colour_weight == COLOUR_WEIGHT and engine.default_threshold() == pytest.approx(0.5)
     finally:
         engine.close()

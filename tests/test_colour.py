@@ -1,5 +1,5 @@
 """The colour descriptor (images/colour.py), the colour re-rank of the auto photo query
-(query_views.colour_rerank / search_views) and colours in the index (engine.index_catalog)."""
+(query_views.colour_similarities / rerank_by_colour / search_views) and colours in the index (engine.index_catalog)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,13 @@ from visual_search.images.colour import (
     hsv_histogram,
     white_patch,
 )
-from visual_search.query_views import COLOUR_KEY, COLOUR_WEIGHT, colour_rerank, search_views
+from visual_search.query_views import (
+    COLOUR_KEY,
+    COLOUR_WEIGHT,
+    colour_similarities,
+    rerank_by_colour,
+    search_views,
+)
 from visual_search.store import open_store
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 40, 220), (30, 200, 40)
@@ -105,13 +111,28 @@ def test_colour_rerank_reorders_the_top_k_only_and_keeps_the_scores() -> None:
     red, blue = [query], [_pure(BLUE)]
     fused = [("blue", 0.80), ("nocolour", 0.79), ("red", 0.78), ("far-red", 0.40)]
     colours = {"blue": blue, "red": red, "far-red": red}
-    order, sims = colour_rerank(fused, colours, query, COLOUR_WEIGHT, top_k=3)
-    assert order == [("red", 0.78), ("blue", 0.80), ("nocolour", 0.79), ("far-red", 0.40)]
+    sims = colour_similarities(fused[:3], colours, query)
     assert sims == {"red": pytest.approx(1.0), "blue": pytest.approx(0.0)}
-    # a product's colour is its best image's; no colours at all or weight 0: nothing changes
-    assert colour_rerank(fused, {"blue": blue + red}, query, top_k=3)[1]["blue"] == pytest.approx(1.0)
-    assert colour_rerank(fused, {}, query) == (fused, {})
-    assert colour_rerank(fused, colours, query, 0.0) == (fused, {})
+    order = rerank_by_colour(fused, sims, COLOUR_WEIGHT, top_k=3)
+    assert order == [("red", 0.78), ("blue", 0.80), ("nocolour", 0.79), ("far-red", 0.40)]
+    # a product's colour is its best image's; no similarities or weight 0: nothing changes
+    assert colour_similarities(fused[:3], {"blue": blue + red}, query)["blue"] == pytest.approx(1.0)
+    assert rerank_by_colour(fused, {}, COLOUR_WEIGHT) == fused
+    assert rerank_by_colour(fused, sims, 0.0) == fused
+    # the weight sets what the bonus can overtake: 0.005 is less than red's gap to nocolour (0.01),
+    # 0.05 lifts red (0.78 + 0.05) over both
+    assert [p for p, _ in rerank_by_colour(fused, sims, 0.005, top_k=3)] == [
+        "blue",
+        "nocolour",
+        "red",
+        "far-red",
+    ]
+    assert [p for p, _ in rerank_by_colour(fused, sims, 0.05, top_k=3)] == [
+        "red",
+        "blue",
+        "nocolour",
+        "far-red",
+    ]
 
 
 class FixedEncoder:
@@ -183,9 +204,11 @@ def test_colour_decides_between_near_equal_products_only_with_the_re_rank(tmp_pa
     assert [r.product_id for r in response.results][:2] == ["red", "blue"]
     assert any("colour" in note for note in response.notes)
 
-    engine.colour_weight = 0.0  # VS_COLOUR_WEIGHT=0: off
+    engine.colour_weight = 0.0  # VS_COLOUR_WEIGHT=0: off (the window is still kept, for calibration)
     off = search_views(engine, _red_photo(), "auto", top_k=3)
-    assert [r.product_id for r in off.results] == ["blue", "red", "green"] and not off.colour_similarity
+    assert [r.product_id for r in off.results] == ["blue", "red", "green"]
+    assert [pid for pid, _ in off.colour_window] == ["blue", "red", "green"]
+    assert off.colour_similarity == found.colour_similarity
     assert not any("colour" in note for note in off.notes)
 
 
@@ -197,13 +220,15 @@ def test_photo_with_text_and_other_modes_skip_the_colour_re_rank(tmp_path) -> No
     for mode in ("off", "on"):
         found = search_views(engine, _red_photo(), mode, top_k=3)
         assert [r.product_id for r in found.results][:2] == ["blue", "red"] and not found.colour_similarity
+        assert not found.colour_window
 
 
 def test_an_index_without_colours_is_not_re_ranked(tmp_path) -> None:
     engine = _engine(tmp_path, colours=False)
     found = search_views(engine, _red_photo(), "auto", top_k=3)
     assert [r.product_id for r in found.results] == ["blue", "red", "green"]
-    assert not found.colour_similarity and not any("colour" in note for note in found.notes)
+    assert not found.colour_similarity and not found.colour_window
+    assert not any("colour" in note for note in found.notes)
 
 
 def test_colour_weight_setting(monkeypatch) -> None:
@@ -288,3 +313,17 @@ def test_object_points_carry_their_image_colour(tmp_path, tiny_encoder):
     assert len(payloads) == 6 and all(len(p[COLOUR_KEY]) == COLOUR_BINS for p in payloads)
     again = engine.index_catalog(catalog)
     assert (again.embedded, again.payload_updated, again.object_views) == (0, 0, 0)
+
+
+def test_an_auto_evaluation_records_the_colour_window_for_calibration(tmp_path) -> None:
+    from visual_search.evaluation import Query, evaluate_engine
+
+    engine = _engine(tmp_path, colours=True)
+    photo = tmp_path / "red.png"
+    _red_photo().save(photo)
+    queries = [Query(("red",), image=str(photo), query_id="q1")]
+    auto = evaluate_engine(engine, queries, pipeline="auto").queries[0]
+    assert [pid for pid, _, _ in auto.colour_window] == ["blue", "red", "green"]  # before the re-rank
+    sims = dict((pid, sim) for pid, _, sim in auto.colour_window)
+    assert sims["red"] > 0.8 > 0.2 > sims["blue"] and auto.rank == 1  # and the re-rank ran
+    assert not evaluate_engine(engine, queries, pipeline="off").queries[0].colour_window

@@ -86,9 +86,9 @@ class SearchEngine:
         # photos, for 2x the points and a u2netp pass per image (bench/bench_object_views.py).
         # Search needs nothing: grouping per product already keeps one result per product.
         self.object_views = object_views
-        # Weight of the colour re-rank of the auto photo query without text (query_views.COLOUR_WEIGHT
-        # has the measurements); 0 turns it off (VS_COLOUR_WEIGHT=0).
-        self.colour_weight = COLOUR_WEIGHT if colour_weight is None else float(colour_weight)
+        # Weight of the colour re-rank set by the operator (VS_COLOUR_WEIGHT; 0 = off), or None:
+        # calibrated per model, else the measured default (see the colour_weight property).
+        self.colour_weight_setting = None if colour_weight is None else float(colour_weight)
         self.index_lock = threading.Lock()  # one indexing run at a time (indexing.index_catalog)
 
     def check_index_model(self) -> None:
@@ -138,6 +138,23 @@ class SearchEngine:
         from visual_search.evaluation.calibration import default_threshold
 
         return default_threshold(self.encoder.model_id, self.data_dir)
+
+    @property
+    def colour_weight(self) -> float:
+        """Weight of the colour re-rank of the auto photo query without text: the operator's setting
+        (VS_COLOUR_WEIGHT), else the one ``evaluate --calibrate`` chose for this model (a CLIP model's
+        scores are spread differently from the EfficientNet ones COLOUR_WEIGHT was measured on), else
+        COLOUR_WEIGHT (query_views has the measurements)."""
+        if self.colour_weight_setting is not None:
+            return self.colour_weight_setting
+        calibration = self.threshold_calibration()
+        if calibration is not None and calibration.colour_weight is not None:
+            return float(calibration.colour_weight)
+        return COLOUR_WEIGHT
+
+    @colour_weight.setter
+    def colour_weight(self, weight: float | None) -> None:
+        self.colour_weight_setting = None if weight is None else float(weight)
 
     def threshold_calibration(self) -> Any:
         """The stored Calibration for this model (threshold, precision, recall), or None."""

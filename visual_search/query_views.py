@@ -138,8 +138,9 @@ __all__ = [
     "make_views",
     "prepare_views",
     "best_per_product",
-    "colour_rerank",
+    "colour_similarities",
     "query_colour",
+    "rerank_by_colour",
     "search_vectors",
     "search_views",
 ]
@@ -162,7 +163,11 @@ VS_COLOUR_WEIGHT). bench/colour_lab.py, bench/RESULTS.md "Colour re-rank experim
 white-patch, catalog pixels under the studio-background mask, top 10 re-ranked): R@1 of auto on
 seeds 0/1/3/4/5/6 0.792/0.760/0.677/0.750/0.719/0.771 -> 0.906/0.802/0.802/0.812/0.844/0.865,
 held-out photos 0.095 -> 0.476; no query kind worse on any set. Chosen on seeds 0/1 among
-0.02-0.30; seeds 3-6 and held-out confirmed it."""
+0.02-0.30; seeds 3-6 and held-out confirmed it. It is the default for models without a calibrated
+weight: ``evaluate --calibrate`` replays the re-rank at 0-1 per model (evaluation.calibration),
+since the same bonus is a different nudge where scores spread differently (CLIP). Scaling the bonus
+by each query's own score spread instead (std or range of the top 30) was tried in the lab and lost
+0.01 R@1 on average (seeds 0/1 and 3-6 + held-out)."""
 COLOUR_TOP_K = 30
 """Only the top 30 fused products are re-ordered; the rest keep their order. Deeper than the 10 a
 shopper sees so that colour can also lift a right product from ranks 11-30 into view: lab R@10
@@ -503,9 +508,12 @@ class ViewSearch:
     search_ms: float = 0.0
     total_ms: float = 0.0
     vectors: np.ndarray | None = field(default=None, repr=False)  # per view (text blended in)
-    # product id -> colour similarity (0-1) to the chosen object, for the products the colour
-    # re-rank ordered (empty when it did not run)
+    # product id -> colour similarity (0-1) to the chosen object, for the products in the colour
+    # re-rank's window (empty when there is none: not auto, text, rrf, an index without colours)
     colour_similarity: dict[str, float] = field(default_factory=dict)
+    # the window before the re-rank: the fused top COLOUR_TOP_K (product id, score), best first;
+    # with colour_similarity it replays the re-rank at any weight (evaluation.calibration)
+    colour_window: tuple[tuple[str, float], ...] = ()
     photo_size: tuple[int, int] = (0, 0)  # the photo's (width, height): boxes are in its pixels
 
     def object_boxes(self) -> list[ObjectBox]:
@@ -633,14 +641,18 @@ def search_views(
     notes = list(prepared.notes)
     weight = _colour_weight(engine, colour_weight)
     colour_sims: dict[str, float] = {}
-    if mode == "auto" and text_vector is None and weight > 0 and method != "rrf":
+    window: tuple[tuple[str, float], ...] = ()
+    if mode == "auto" and text_vector is None and method != "rrf":
         colours = _product_colours(per_view_hits, [pid for pid, _ in fused[:COLOUR_TOP_K]])
         if colours:  # an index built before colours were stored gets no re-rank at all
-            fused, colour_sims = colour_rerank(fused, colours, query_colour(prepared), weight)
-            notes.append(
-                f"The top {COLOUR_TOP_K} were re-ordered by colour similarity to the chosen object; "
-                "scores shown are the image scores."
-            )
+            window = tuple(fused[:COLOUR_TOP_K])
+            colour_sims = colour_similarities(window, colours, query_colour(prepared))
+            if weight > 0:
+                fused = rerank_by_colour(fused, colour_sims, weight)
+                notes.append(
+                    f"The top {COLOUR_TOP_K} were re-ordered by colour similarity to the chosen object; "
+                    "scores shown are the image scores."
+                )
     results = [
         dataclasses.replace(ProductResult.from_hit(representative[pid]), score=float(score))
         for pid, score in fused[:top_k]
@@ -662,6 +674,7 @@ def search_views(
         vectors=vectors,
         photo_size=prepared.photo.size,
         colour_similarity=colour_sims,
+        colour_window=window,
     )
 
 
@@ -701,27 +714,32 @@ def _product_colours(
     return out
 
 
-def colour_rerank(
-    fused: Sequence[tuple[str, float]],
-    colours: Mapping[str, Sequence[np.ndarray]],
-    query: np.ndarray,
-    weight: float = COLOUR_WEIGHT,
-    top_k: int = COLOUR_TOP_K,
-) -> tuple[list[tuple[str, float]], dict[str, float]]:
-    """Re-order the first ``top_k`` of ``fused`` (best first) by ``score + weight * colour_sim``;
-    colour_sim is a product's best Bhattacharyya coefficient over ``colours[pid]``, and a product
-    without colours gets no bonus. Scores are returned unchanged (what is shown and thresholded)
-    with the similarities used; nothing changes (and {} comes back) when no product has a colour."""
+def colour_similarities(
+    window: Sequence[tuple[str, float]], colours: Mapping[str, Sequence[np.ndarray]], query: np.ndarray
+) -> dict[str, float]:
+    """Each product's best Bhattacharyya coefficient between ``query`` and its ``colours``, for the
+    products of ``window`` that have any (a product without colours is left out: no bonus)."""
     from .images.colour import bhattacharyya
 
-    head, tail = list(fused[:top_k]), list(fused[top_k:])
-    sims = {pid: max(bhattacharyya(query, c) for c in colours[pid]) for pid, _ in head if colours.get(pid)}
+    return {pid: max(bhattacharyya(query, c) for c in colours[pid]) for pid, _ in window if colours.get(pid)}
+
+
+def rerank_by_colour(
+    fused: Sequence[tuple[str, float]],
+    sims: Mapping[str, float],
+    weight: float = COLOUR_WEIGHT,
+    top_k: int = COLOUR_TOP_K,
+) -> list[tuple[str, float]]:
+    """Re-order the first ``top_k`` of ``fused`` (best first) by ``score + weight * sims[pid]`` (no
+    similarity: no bonus); the rest keep their order. Scores are returned unchanged (what is shown
+    and thresholded). Ties keep the fused order. Weight 0 or no similarities: ``fused`` as is."""
     if not sims or weight <= 0:
-        return list(fused), {}
+        return list(fused)
+    head, tail = list(fused[:top_k]), list(fused[top_k:])
     order = sorted(
         enumerate(head), key=lambda item: (-(item[1][1] + weight * sims.get(item[1][0], 0.0)), item[0])
     )
-    return [pair for _, pair in order] + tail, sims
+    return [pair for _, pair in order] + tail
 
 
 def _by_score(hits: Mapping[str, Hit]) -> list[tuple[str, Hit]]:

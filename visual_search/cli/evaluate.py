@@ -186,10 +186,11 @@ def calibrate_reports(reports: list[EvalReport], data_dir: Path) -> str:
     from visual_search.evaluation.calibration import CalibrationError, calibrate_report, save_calibration
 
     lines = [
-        "Calibrated score thresholds (stored in calibration.json in the data dir; the app's default):",
+        "Calibrated score thresholds and colour weights (stored in calibration.json in the data dir; "
+        "the app's defaults):",
         "",
-        "| model | threshold | precision | recall | wrong let through | from |",
-        "|---|---:|---:|---:|---:|---|",
+        "| model | threshold | precision | recall | wrong let through | colour weight | from |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
     by_model: dict[str, list[EvalReport]] = {}
     for report in reports:
@@ -206,9 +207,19 @@ def calibrate_reports(reports: list[EvalReport], data_dir: Path) -> str:
         _say(f"{model_id}: {calibration.summary()}")
         lines.append(
             f"| {model_id} | {calibration.threshold:.3f} | {calibration.precision:.3f} | "
-            f"{calibration.recall:.3f} | {calibration.false_positive_rate:.3f} | {calibration.source} |"
+            f"{calibration.recall:.3f} | {calibration.false_positive_rate:.3f} | {_colour_cell(calibration)} | "
+            f"{calibration.source} |"
         )
     return "\n".join(lines + [""] + notes) + "\n"
+
+
+def _colour_cell(calibration: Any) -> str:
+    if calibration.colour_weight is None:
+        return "not calibrated (needs the auto pipeline)"
+    return (
+        f"{calibration.colour_weight:.2f} (R@1 {calibration.colour_r1_off:.3f} -> {calibration.colour_r1:.3f}, "
+        f"{calibration.colour_queries} queries)"
+    )
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,9 @@ class QueryResult:
     total_ms: float
     error: str | None = None
     top_score: float | None = None  # the first result's score (evaluation.calibration uses it)
+    # the auto pipeline's top products before the colour re-rank: (product id, score, colour
+    # similarity or None), best first; evaluation.calibration replays the re-rank at other weights
+    colour_window: tuple[tuple[str, float, float | None], ...] = ()
 
 
 @dataclass

@@ -154,7 +154,15 @@ def _scored(query: Query, query_id: str, category: str, response: Any) -> QueryR
         search_ms=response.search_ms,
         total_ms=response.total_ms,
         top_score=float(response.results[0].score) if response.results else None,
+        colour_window=_colour_window(response),
     )
+
+
+def _colour_window(response: Any) -> tuple[tuple[str, float, float | None], ...]:
+    """The pipeline's pre-re-rank window with each product's colour similarity (() for responses
+    without one: engine.search, modes off/on, photo + text)."""
+    sims = getattr(response, "colour_similarity", {}) or {}
+    return tuple((pid, float(score), sims.get(pid)) for pid, score in getattr(response, "colour_window", ()))
 
 
 def _latency(timed: Sequence[QueryResult]) -> Latency:
